@@ -1,0 +1,89 @@
+"""Developer and CI sessions. `nox -s lint typecheck tests` is what CI runs.
+
+Every session installs with constraints.txt: pins for this project's machines
+(a local CPU torch wheel, the Prefect/FastAPI pair that works), not for users.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.error_on_missing_interpreters = True
+
+CONSTRAINTS = ("-c", "constraints.txt")
+QUIET = os.environ.get("NOX_VERBOSE_INSTALL") is None
+
+
+def install(session: nox.Session, *args: str) -> None:
+    session.install(*CONSTRAINTS, *args, silent=QUIET)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """CPU test suite (everything not marked gpu), services read from HANDLES_TEST_* URLs."""
+    install(session, "-e", ".[all,dev]")
+    session.run("python", "-m", "pytest", "-m", "not gpu", *session.posargs)
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """GPU-marked tests. Fails, rather than skips, without a CUDA device."""
+    install(session, "-e", ".[torch,hf]", "pytest", "pytest-timeout")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-m",
+        "gpu",
+        "tests/gpu",
+        *session.posargs,
+        env={"HANDLES_REQUIRE_GPU": "1"},
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    install(session, "ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    install(session, "-e", ".", "mypy")
+    session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    install(session, "-e", ".[all]", "mkdocs-material", "mkdocstrings[python]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The README's main demo."""
+    install(session, "-e", ".")
+    session.run("python", "examples/quickstart.py")
+
+
+@nox.session
+def examples(session: nox.Session) -> None:
+    """Run every script in examples/; any failure fails the session."""
+    install(session, "-e", ".[all,dev]")
+    for script in sorted(glob.glob("examples/*.py")):
+        session.log(f"--- {script}")
+        session.run("python", script)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run every benchmark in bench/ (ratios measured within one run)."""
+    install(session, "-e", ".[all,dev]")
+    for script in sorted(glob.glob("bench/bench_*.py")):
+        session.log(f"--- {script}")
+        session.run("python", script, *session.posargs)

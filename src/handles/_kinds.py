@@ -1,0 +1,134 @@
+"""Spec kinds by name: "sqlite" -> handles.specs.sqlite:SqliteSpec, imported on first use.
+
+A kind is known from three places, checked in this order:
+1. classes already defined in this process (every Spec subclass with a `kind`);
+2. the table below and `register_kind()`, each with an install hint;
+3. the `handles.kinds` entry-point group, for third-party packages.
+
+Only these can be rebuilt from JSON: a spec read from untrusted input can never
+name an arbitrary module to import.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from handles.exceptions import MissingDependencyError, SpecError
+
+if TYPE_CHECKING:
+    from handles._spec import Spec
+
+ENTRY_POINT_GROUP = "handles.kinds"
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    target: str  # "package.module:ClassName"
+    extra: str | None = None  # the `handles[extra]` that installs what it needs
+
+
+_known: dict[str, KindInfo] = {
+    "sqlite": KindInfo("handles.specs.sqlite:SqliteSpec", "sql"),
+}
+_classes: dict[str, type[Spec[Any]]] = {}
+_lock = threading.Lock()
+_entry_points_loaded = False
+
+
+def known_kinds() -> Mapping[str, KindInfo]:
+    """Every kind that can be loaded by name (read-only)."""
+    _load_entry_points()
+    with _lock:
+        merged = dict(_known)
+        for name, cls in _classes.items():
+            merged.setdefault(name, KindInfo(f"{cls.__module__}:{cls.__qualname__}"))
+    return MappingProxyType(merged)
+
+
+def register_kind(
+    name: str, target: str, *, extra: str | None = None, clobber: bool = False
+) -> None:
+    """Make kind `name` loadable from "module:Class" (imported lazily, on first use)."""
+    if ":" not in target:
+        raise ValueError(f"kind target must look like 'package.module:Class', got {target!r}")
+    with _lock:
+        current = _known.get(name)
+        if current is not None and current.target != target and not clobber:
+            raise ValueError(
+                f"kind {name!r} is already registered to {current.target}; "
+                "pass clobber=True to replace it"
+            )
+        _known[name] = KindInfo(target, extra)
+
+
+def register_class(cls: type[Spec[Any]]) -> None:
+    """Called for every concrete Spec subclass as it is defined."""
+    name = cls.model_fields["kind"].default
+    with _lock:
+        current = _classes.get(name)
+        same = current is not None and (current.__module__, current.__qualname__) == (
+            cls.__module__,
+            cls.__qualname__,
+        )
+        if current is not None and not same:
+            raise TypeError(
+                f"spec kind {name!r} is already defined by "
+                f"{current.__module__}.{current.__qualname__}"
+            )
+        _classes[name] = cls
+
+
+def load_kind(name: str) -> type[Spec[Any]]:
+    """The Spec class for `name`, importing its module if needed."""
+    cls = _classes.get(name)
+    if cls is not None:
+        return cls
+    info = _known.get(name)
+    if info is None:
+        _load_entry_points()
+        info = _known.get(name)
+    if info is None:
+        known = ", ".join(sorted(known_kinds())) or "none"
+        raise SpecError.one("Spec", "kind", f"unknown kind {name!r}; known kinds: {known}")
+    module_name, _, class_name = info.target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if info.extra is None:
+            raise
+        raise MissingDependencyError(exc.name or module_name, info.extra, kind=name) from exc
+    loaded: type[Spec[Any]] = getattr(module, class_name)
+    return loaded
+
+
+def spec_from_json(data: str | bytes | Mapping[str, Any]) -> Spec[Any]:
+    """Rebuild any registered spec from its JSON (or the dict JSON decodes to)."""
+    if isinstance(data, str | bytes):
+        try:
+            data = json.loads(data)
+        except ValueError as exc:
+            raise SpecError.one("Spec", "", f"not valid JSON: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise SpecError.one("Spec", "", f"a spec is a JSON object, got {type(data).__name__}")
+    kind = data.get("kind")
+    if not isinstance(kind, str):
+        raise SpecError.one("Spec", "kind", "missing: every spec's JSON names its kind")
+    return load_kind(kind).model_validate(dict(data))
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    found = entry_points(group=ENTRY_POINT_GROUP)
+    with _lock:
+        for ep in found:
+            _known.setdefault(ep.name, KindInfo(ep.value))
+        _entry_points_loaded = True

@@ -1,0 +1,205 @@
+"""The spec base: a frozen pydantic model that describes a live object and gets it.
+
+A kind subclasses `Spec`, names itself, marks its fields, and says how to build
+and close its object::
+
+    class SqliteSpec(Spec[sqlite3.Connection]):
+        kind: Literal["sqlite"] = "sqlite"
+        scope: ClassVar[Scope] = "thread"
+        path: Annotated[str, Identity]
+        timeout: Annotated[float, Placement] = 5.0
+
+        def build(self) -> sqlite3.Connection: ...
+        def teardown(self, value: sqlite3.Connection) -> None: ...
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Self, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
+
+from handles import _kinds
+from handles._fields import split_roles
+from handles._keys import canonical, canonical_json, digest
+from handles._registry import registry
+from handles.exceptions import SpecError
+
+__all__ = ["Scope", "Spec"]
+
+T = TypeVar("T")
+Scope = Literal["process", "thread"]
+
+# Bump when the canonical form itself changes, so old persisted keys stop matching.
+KEY_FORMAT = 1
+
+
+class Spec(BaseModel, Generic[T]):
+    """Configuration for a live object of type `T`; `get()` returns the object.
+
+    Specs are frozen, equal by value, picklable, and dump to canonical JSON: equal
+    specs dump identically in every process, which is what Prefect's default cache
+    policy hashes.
+    """
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+        hide_input_in_errors=True,  # inputs may hold secrets
+        revalidate_instances="never",
+    )
+    # Per-instance caches, outside the model's fields so they never reach JSON,
+    # pickle, equality or copies.
+    __slots__ = ("_handles_entry", "_handles_hash", "_handles_ikey", "_handles_key")
+    if TYPE_CHECKING:
+        _handles_entry: Any
+        _handles_hash: int
+        _handles_ikey: str
+        _handles_key: str
+
+    scope: ClassVar[Scope] = "process"
+    """`process`: one object per process; `thread`: one per thread."""
+    schema_version: ClassVar[int] = 1
+    """Bump in a kind when the meaning of its fields changes; moves every key."""
+    identity_fields: ClassVar[tuple[str, ...]] = ()
+    placement_fields: ClassVar[tuple[str, ...]] = ()
+
+    kind: str
+
+    # -- construction -----------------------------------------------------------
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise SpecError.from_validation(type(self).__name__, exc) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as exc:
+            raise SpecError.from_validation(cls.__name__, exc) from None
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate_json(json_data, **kwargs)
+        except ValidationError as exc:
+            raise SpecError.from_validation(cls.__name__, exc) from None
+
+    def replace(self, **changes: Any) -> Self:
+        """A validated copy with `changes` applied (unlike `model_copy`, which skips validation)."""
+        return self.model_validate({**self.model_dump(), **changes})
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls.identity_fields, cls.placement_fields = split_roles(
+            {n: f for n, f in cls.model_fields.items() if n != "kind"}
+        )
+        if isinstance(cls.model_fields["kind"].default, str):
+            _kinds.register_class(cls)
+
+    @model_serializer(mode="wrap")
+    def _canonical_dump(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Sorted mappings and posix paths, so two equal specs dump to the same
+        # bytes in every process (Prefect hashes this dump for cache keys).
+        return canonical(handler(self))
+
+    # -- the live object ------------------------------------------------------
+
+    def get(self) -> T:
+        """The live object: built on first use in this process (or thread), then reused."""
+        try:
+            entry = self._handles_entry
+            if entry.ok:
+                entry.hits += 1
+                return entry.value  # type: ignore[no-any-return]
+        except AttributeError:
+            pass
+        return registry().get(self)
+
+    def build(self) -> T:
+        """Create the live object. Kinds override; called once per process (or thread)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define build()")
+
+    def teardown(self, value: T) -> None:
+        """Release the live object. The default calls its `close()` if it has one."""
+        close = getattr(value, "close", None)
+        if callable(close):
+            close()
+
+    def fingerprint(self) -> Any:
+        """JSON data describing the content behind the spec, or None.
+
+        Kinds return something (checksum, ETag, size and mtime) only when the user
+        asked for content tracking; it then becomes part of `cache_key()`.
+        """
+        return None
+
+    # -- keys -----------------------------------------------------------------
+
+    def cache_key(self) -> str:
+        """Stable hex digest of kind, schema version and identity fields.
+
+        The same in every process, machine, run and hash seed; placement fields
+        never enter it. Computed once per instance.
+        """
+        try:
+            return self._handles_key
+        except AttributeError:
+            pass
+        dumped = self.model_dump(mode="json")
+        payload: dict[str, Any] = {
+            "format": KEY_FORMAT,
+            "kind": self.kind,
+            "schema": self.schema_version,
+            "identity": {name: dumped[name] for name in self.identity_fields},
+        }
+        content = self.fingerprint()
+        if content is not None:
+            payload["content"] = content
+        key = digest(payload)
+        object.__setattr__(self, "_handles_key", key)
+        return key
+
+    def identity(self) -> dict[str, Any]:
+        """The identity fields as JSON data: exactly what `cache_key()` hashes besides kind."""
+        dumped = self.model_dump(mode="json")
+        return {name: dumped[name] for name in self.identity_fields}
+
+    def placement(self) -> dict[str, Any]:
+        """The placement fields as JSON data: where and how the object lives."""
+        dumped = self.model_dump(mode="json")
+        return {name: dumped[name] for name in self.placement_fields}
+
+    def _instance_key(self) -> str:
+        # The registry's key: identity and placement, since a model on cuda:0 is
+        # a different live object from the same model on cpu.
+        try:
+            return self._handles_ikey
+        except AttributeError:
+            pass
+        key = digest({"cache_key": self.cache_key(), "placement": self.placement()})
+        object.__setattr__(self, "_handles_ikey", key)
+        return key
+
+    def _remember(self, entry: Any) -> None:
+        object.__setattr__(self, "_handles_entry", entry)
+
+    def __hash__(self) -> int:
+        try:
+            return self._handles_hash
+        except AttributeError:
+            pass
+        value = hash((type(self), canonical_json(self.model_dump(mode="json"))))
+        object.__setattr__(self, "_handles_hash", value)
+        return value

@@ -1,0 +1,92 @@
+"""Errors raised by handles.
+
+    HandlesError
+    ├── SpecError (also ValueError)             a spec's configuration is invalid
+    ├── BuildError                              building the live object failed
+    └── MissingDependencyError (also ImportError)  an optional package is not installed
+
+Every message names the spec kind (and the field where there is one), so a
+failure inside a worker process can be traced back to the configuration that
+caused it without reading a dependency's traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+__all__ = ["BuildError", "HandlesError", "MissingDependencyError", "SpecError"]
+
+
+class HandlesError(Exception):
+    """Root of every error raised by handles."""
+
+
+class SpecError(HandlesError, ValueError):
+    """A spec's configuration is invalid.
+
+    `problems` holds one `(field, message)` pair per problem; field is `""` when
+    the problem is not about one field.
+    """
+
+    def __init__(self, kind: str, problems: Sequence[tuple[str, str]]) -> None:
+        self.kind = kind
+        self.problems = list(problems)
+        lines = [f"{kind}.{field}: {msg}" if field else f"{kind}: {msg}" for field, msg in problems]
+        super().__init__(
+            "\n".join(lines) if len(lines) == 1 else "\n  ".join(["", *lines]).lstrip()
+        )
+
+    @classmethod
+    def one(cls, kind: str, field: str, message: str) -> SpecError:
+        return cls(kind, [(field, message)])
+
+    @classmethod
+    def from_validation(cls, kind: str, exc: ValidationError) -> SpecError:
+        problems = []
+        for err in exc.errors(include_input=False, include_url=False):
+            field = ".".join(str(part) for part in err["loc"])
+            message = err["msg"]
+            # pydantic prefixes messages of ValueErrors raised in validators.
+            message = message.removeprefix("Value error, ")
+            problems.append((field, message))
+        return cls(kind, problems)
+
+
+class BuildError(HandlesError):
+    """Building a spec's live object failed; the original error is chained.
+
+    The message holds the spec's redacted repr, never a secret value.
+    """
+
+    def __init__(self, message: str, *, kind: str, spec: Any = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.spec = spec
+
+    @classmethod
+    def for_spec(cls, spec: Any, cause: BaseException) -> BuildError:
+        detail = str(cause).strip() or type(cause).__name__
+        if not detail.startswith(type(cause).__name__):
+            detail = f"{type(cause).__name__}: {detail}"
+        return cls(f"could not build {spec!r}: {detail}", kind=spec.kind, spec=spec)
+
+    def again(self) -> BuildError:
+        """A fresh copy for another waiter, so threads never share one traceback."""
+        copy = BuildError(str(self), kind=self.kind, spec=self.spec)
+        copy.__cause__ = self.__cause__
+        return copy
+
+
+class MissingDependencyError(HandlesError, ImportError):
+    """An optional package needed by a spec kind is not installed."""
+
+    def __init__(self, package: str, extra: str, *, kind: str | None = None) -> None:
+        who = f"{kind} needs" if kind else "this feature needs"
+        super().__init__(f'{who} {package}: pip install "handles[{extra}]"', name=package)
+        self.package = package
+        self.extra = extra
+        self.kind = kind
