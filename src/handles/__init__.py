@@ -17,6 +17,33 @@ from handles.exceptions import BuildError, HandlesError, MissingDependencyError,
 
 __version__ = "0.1.0"
 
+# Spec kinds are exported lazily: `from handles import SqliteSpec` imports only
+# that kind's module, and no kind module imports its heavy packages at import time.
+_LAZY_SPECS = {
+    "DatabaseSpec": "handles.specs.database",
+    "FileSpec": "handles.specs.file",
+    "HFPipelineSpec": "handles.specs.hf",
+    "SpacySpec": "handles.specs.spacy",
+    "SqliteSpec": "handles.specs.sqlite",
+    "TorchModelSpec": "handles.specs.torch",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY_SPECS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'handles' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_SPECS))
+
+
 __all__ = [
     "BuildError",
     "HandlesError",

@@ -36,6 +36,11 @@ class KindInfo:
 
 _known: dict[str, KindInfo] = {
     "sqlite": KindInfo("handles.specs.sqlite:SqliteSpec", "sql"),
+    "database": KindInfo("handles.specs.database:DatabaseSpec", "sql"),
+    "file": KindInfo("handles.specs.file:FileSpec", "file"),
+    "torch": KindInfo("handles.specs.torch:TorchModelSpec", "torch"),
+    "spacy": KindInfo("handles.specs.spacy:SpacySpec", "spacy"),
+    "hf-pipeline": KindInfo("handles.specs.hf:HFPipelineSpec", "hf"),
 }
 _classes: dict[str, type[Spec[Any]]] = {}
 _lock = threading.Lock()

@@ -34,7 +34,13 @@ class KindCase:
 
 def all_cases() -> list[KindCase]:
     cases: list[KindCase] = []
-    for module in ("support.cases_core", "support.cases_data", "support.cases_models"):
+    for module in (
+        "support.cases_core",
+        "support.cases_sql",
+        "support.cases_file",
+        "support.cases_torch_hf",
+        "support.cases_spacy",
+    ):
         try:
             cases.extend(importlib.import_module(module).CASES)
         except ModuleNotFoundError as exc:

@@ -1,0 +1,1 @@
+"""Integrations with workflow engines. Never imported by `import handles`."""

@@ -1,0 +1,1 @@
+"""Built-in spec kinds, one module per kind. Each imports its heavy packages only in build()."""
