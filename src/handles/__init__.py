@@ -46,6 +46,9 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "BuildError",
+    "DatabaseSpec",
+    "FileSpec",
+    "HFPipelineSpec",
     "HandlesError",
     "Identity",
     "KeyStats",
@@ -54,8 +57,11 @@ __all__ = [
     "Registry",
     "Scope",
     "SecretRef",
+    "SpacySpec",
     "Spec",
     "SpecError",
+    "SqliteSpec",
+    "TorchModelSpec",
     "known_kinds",
     "load_kind",
     "override",

@@ -81,6 +81,16 @@ class _Entry:
         self.ok = True
 
 
+class _NoEntry:
+    """What a spec remembers before it has a process-scoped entry (or when thread-scoped)."""
+
+    __slots__ = ()
+    ok = False
+
+
+NO_ENTRY: Any = _NoEntry()
+
+
 class _Pending:
     """A build in flight: waiters block on it instead of building again."""
 
@@ -123,10 +133,14 @@ class Registry:
 
     def get(self, spec: Spec[T]) -> T:
         """The live object for `spec`, building it if this process (or thread) has none."""
+        return self.lookup(spec)[0]  # type: ignore[no-any-return]
+
+    def lookup(self, spec: Spec[Any]) -> tuple[Any, Any]:
+        """(live object, entry a caller may remember for its next call)."""
         if self._overrides:
             stack = self._overrides.get(spec.cache_key())
             if stack:
-                return stack[-1]  # type: ignore[no-any-return]
+                return stack[-1], NO_ENTRY
         key = spec._instance_key()
         if spec.scope == "thread":
             return self._get_for_thread(spec, key)
@@ -135,20 +149,20 @@ class Registry:
             entry = self._build_once(spec, key)
         else:
             entry.hits += 1
-        spec._remember(entry)
-        return entry.value  # type: ignore[no-any-return]
+        return entry.value, entry
 
-    def _get_for_thread(self, spec: Spec[T], key: str) -> T:
+    def _get_for_thread(self, spec: Spec[Any], key: str) -> tuple[Any, _Entry]:
         entries = self._thread_entries()
         entry = entries.get(key)
         if entry is not None:
             entry.hits += 1
-            return entry.value  # type: ignore[no-any-return]
+            return entry.value, entry
         # Only this thread can build this thread's object: no single-flight needed.
         entry = self._build(spec, key)
         with self._lock:
+            entry.ok = not self._overrides
             entries[key] = entry
-        return entry.value  # type: ignore[no-any-return]
+        return entry.value, entry
 
     def _thread_entries(self) -> dict[str, _Entry]:
         try:
@@ -310,10 +324,9 @@ class Registry:
         usable: the next `get()` builds again. Stats are kept.
         """
         with self._lock:
-            entries = list(self._entries.values())
+            entries = self._live_entries()
             self._entries.clear()
             for thread_entries, _ in self._threads.values():
-                entries.extend(thread_entries.values())
                 thread_entries.clear()
             self._retire(entries)
         self._teardown(sorted(entries, key=lambda e: e.seq, reverse=True))
@@ -338,9 +351,7 @@ class Registry:
     def stats(self) -> dict[str, KeyStats]:
         """Per cache key: builds, hits, errors, build seconds and live objects."""
         with self._lock:
-            live = list(self._entries.values())
-            for thread_entries, _ in self._threads.values():
-                live.extend(thread_entries.values())
+            live = self._live_entries()
             hits = {key: c.retired_hits for key, c in self._counters.items()}
             count = dict.fromkeys(self._counters, 0)
             for entry in live:
@@ -372,7 +383,7 @@ class Registry:
     def _push_override(self, cache_key: str, value: Any) -> None:
         with self._lock:
             self._overrides.setdefault(cache_key, []).append(value)
-            for entry in self._entries.values():
+            for entry in self._live_entries():
                 entry.ok = False
 
     def _pop_override(self, cache_key: str) -> None:
@@ -382,8 +393,14 @@ class Registry:
             if not stack:
                 del self._overrides[cache_key]
             if not self._overrides:
-                for entry in self._entries.values():
+                for entry in self._live_entries():
                     entry.ok = True
+
+    def _live_entries(self) -> list[_Entry]:
+        entries = list(self._entries.values())
+        for thread_entries, _ in self._threads.values():
+            entries.extend(thread_entries.values())
+        return entries
 
     # -- fork -----------------------------------------------------------------
 
@@ -394,10 +411,9 @@ class Registry:
         self._lock.release()
 
     def _after_fork_in_child(self) -> None:
-        inherited = list(self._entries.values())
-        for thread_entries, finalizer in self._threads.values():
+        inherited = self._live_entries()
+        for _, finalizer in self._threads.values():
             finalizer.detach()  # the parent's threads' objects are not ours to close
-            inherited.extend(thread_entries.values())
         for entry in inherited:
             entry.ok = False
         overrides = self._overrides

@@ -15,6 +15,7 @@ and close its object::
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Self, TypeVar
 
 from pydantic import (
@@ -28,7 +29,7 @@ from pydantic import (
 from handles import _kinds
 from handles._fields import split_roles
 from handles._keys import canonical, canonical_json, digest
-from handles._registry import registry
+from handles._registry import NO_ENTRY, registry
 from handles.exceptions import SpecError
 
 __all__ = ["Scope", "Spec"]
@@ -57,9 +58,8 @@ class Spec(BaseModel, Generic[T]):
     )
     # Per-instance caches, outside the model's fields so they never reach JSON,
     # pickle, equality or copies.
-    __slots__ = ("_handles_entry", "_handles_hash", "_handles_ikey", "_handles_key")
+    __slots__ = ("_handles_hash", "_handles_ikey", "_handles_key", "get")
     if TYPE_CHECKING:
-        _handles_entry: Any
         _handles_hash: int
         _handles_ikey: str
         _handles_key: str
@@ -108,6 +108,15 @@ class Spec(BaseModel, Generic[T]):
         if isinstance(cls.model_fields["kind"].default, str):
             _kinds.register_class(cls)
 
+    def __getattr__(self, name: str) -> Any:
+        # `get` is a slot holding this instance's _Getter.get, made on first use
+        # (after construction, copy or unpickling alike). See _Getter for why.
+        if name == "get":
+            getter = (_ThreadGetter if self.scope == "thread" else _Getter)(self).get
+            object.__setattr__(self, "get", getter)
+            return getter
+        return super().__getattr__(name)  # type: ignore[misc]
+
     @model_serializer(mode="wrap")
     def _canonical_dump(self, handler: SerializerFunctionWrapHandler) -> Any:
         # Sorted mappings and posix paths, so two equal specs dump to the same
@@ -116,16 +125,11 @@ class Spec(BaseModel, Generic[T]):
 
     # -- the live object ------------------------------------------------------
 
-    def get(self) -> T:
-        """The live object: built on first use in this process (or thread), then reused."""
-        try:
-            entry = self._handles_entry
-            if entry.ok:
-                entry.hits += 1
-                return entry.value  # type: ignore[no-any-return]
-        except AttributeError:
-            pass
-        return registry().get(self)
+    if TYPE_CHECKING:
+
+        def get(self) -> T:
+            """The live object: built on first use in this process (or thread), then reused."""
+            ...
 
     def build(self) -> T:
         """Create the live object. Kinds override; called once per process (or thread)."""
@@ -192,9 +196,6 @@ class Spec(BaseModel, Generic[T]):
         object.__setattr__(self, "_handles_ikey", key)
         return key
 
-    def _remember(self, entry: Any) -> None:
-        object.__setattr__(self, "_handles_entry", entry)
-
     def __hash__(self) -> int:
         try:
             return self._handles_hash
@@ -202,4 +203,48 @@ class Spec(BaseModel, Generic[T]):
             pass
         value = hash((type(self), canonical_json(self.model_dump(mode="json"))))
         object.__setattr__(self, "_handles_hash", value)
+        return value
+
+
+class _Getter:
+    """`spec.get` for one spec instance.
+
+    The warm path is the whole point of handles, and on a pydantic model every
+    attribute read goes through BaseModel.__getattr__'s slower lookup. Storing
+    this bound method in the instance's `get` slot makes `spec.get()` one such
+    lookup plus a call on a plain slotted object: measured in bench/bench_core.py.
+    The remembered entry stops being `ok` when it is closed, evicted, inherited
+    across fork or shadowed by an override, which sends the call to the registry.
+    """
+
+    __slots__ = ("entry", "spec")
+
+    def __init__(self, spec: Spec[Any]) -> None:
+        self.spec = spec
+        self.entry: Any = NO_ENTRY  # an _Entry, or NO_ENTRY (never ok)
+
+    def get(self) -> Any:
+        entry = self.entry
+        if entry.ok:
+            entry.hits += 1
+            return entry.value
+        value, self.entry = registry().lookup(self.spec)
+        return value
+
+
+class _ThreadGetter:
+    """`spec.get` for a thread-scoped spec: remembers one entry per thread."""
+
+    __slots__ = ("local", "spec")
+
+    def __init__(self, spec: Spec[Any]) -> None:
+        self.spec = spec
+        self.local = threading.local()
+
+    def get(self) -> Any:
+        entry = getattr(self.local, "entry", NO_ENTRY)
+        if entry.ok:
+            entry.hits += 1
+            return entry.value
+        value, self.local.entry = registry().lookup(self.spec)
         return value
