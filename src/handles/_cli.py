@@ -1,0 +1,151 @@
+"""The command line: look at specs without writing Python.
+
+    handles inspect SPEC_JSON_OR_FILE   kind, identity and placement fields, key, redacted repr
+    handles schema KIND                 the kind's JSON schema
+    handles kinds                       every known kind and what installs it
+    handles check MODULE:FUNCTION       preflight a call's arguments (see `handles check --help`)
+
+Errors print one line naming the problem and exit with status 2; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from handles._kinds import known_kinds, load_kind, spec_from_json
+from handles.exceptions import HandlesError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except HandlesError as exc:
+        print(f"handles: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="handles", description="Inspect handle specs, their schemas and task arguments."
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    inspect = commands.add_parser(
+        "inspect", help="show a spec's kind, fields, cache key and redacted repr"
+    )
+    inspect.add_argument("spec", help="the spec's JSON, or a file holding it ('-' for stdin)")
+    inspect.add_argument("--json", action="store_true", help="print the result as JSON")
+    inspect.set_defaults(run=_inspect)
+
+    schema = commands.add_parser("schema", help="print a kind's JSON schema")
+    schema.add_argument("kind", help="a kind name, e.g. sqlite (see `handles kinds`)")
+    schema.set_defaults(run=_schema)
+
+    kinds = commands.add_parser("kinds", help="list the kinds that can be loaded by name")
+    kinds.set_defaults(run=_kinds)
+
+    check = commands.add_parser(
+        "check",
+        help="preflight the arguments of a call before submitting it as a task",
+        description=(
+            "MODULE:FUNCTION names a function that takes no arguments and returns the arguments "
+            "to check: a dict (keyword arguments), a list or tuple (positional), or a pair "
+            "(args, kwargs). Reports every argument that cannot be pickled or hashed, with the "
+            "path to the offending attribute and the spec to use instead. Exit status 1 if any."
+        ),
+    )
+    check.add_argument("target", metavar="MODULE:FUNCTION")
+    check.set_defaults(run=_check)
+    return parser
+
+
+def _read_spec_text(source: str) -> str:
+    if source == "-":
+        return sys.stdin.read()
+    if source.lstrip().startswith("{"):
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise HandlesError(f"{source!r} is neither spec JSON nor a readable file")
+    return path.read_text(encoding="utf-8")
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    spec = spec_from_json(_read_spec_text(args.spec))
+    cls = type(spec)
+    report: dict[str, Any] = {
+        "kind": spec.kind,
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "scope": spec.scope,
+        "identity": spec.identity(),
+        "placement": spec.placement(),
+        "cache_key": spec.cache_key(),
+        "repr": repr(spec),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    width = max(len(k) for k in report)
+    for name, value in report.items():
+        shown = json.dumps(value) if isinstance(value, dict) else value
+        print(f"{name:<{width}}  {shown}")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    print(json.dumps(load_kind(args.kind).model_json_schema(), indent=2))
+    return 0
+
+
+def _kinds(args: argparse.Namespace) -> int:
+    for name, info in sorted(known_kinds().items()):
+        extra = f'pip install "handles[{info.extra}]"' if info.extra else ""
+        print(f"{name:<16} {info.target:<48} {extra}".rstrip())
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    module_name, _, attr = args.target.partition(":")
+    if not module_name or not attr:
+        raise HandlesError(f"expected MODULE:FUNCTION, got {args.target!r}")
+    sys.path.insert(0, ".")
+    try:
+        function = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise HandlesError(f"cannot load {args.target}: {exc}") from None
+    call_args, call_kwargs = _as_call(function())
+    # The CLI sits on top of everything, so it may reach into the integrations.
+    from handles.integrations.preflight import check_inputs
+
+    problems = check_inputs(call_args, call_kwargs)
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print(f"{args.target}: every argument can be pickled and hashed")
+    return 1 if problems else 0
+
+
+def _as_call(value: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(value, dict):
+        return (), dict(value)
+    if (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], list | tuple)
+        and isinstance(value[1], dict)
+    ):
+        return tuple(value[0]), dict(value[1])
+    if isinstance(value, list | tuple):
+        return tuple(value), {}
+    raise HandlesError(
+        "the function must return a dict, a list/tuple, or (args, kwargs); "
+        f"got {type(value).__name__}"
+    )
