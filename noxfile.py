@@ -82,8 +82,6 @@ def examples(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run every benchmark in bench/ (ratios measured within one run)."""
-    install(session, "-e", ".[all,dev]")
-    for script in sorted(glob.glob("bench/bench_*.py")):
-        session.log(f"--- {script}")
-        session.run("python", script, *session.posargs)
+    """Run every benchmark in bench/ and write docs/benchmarks.md (+ chart) from their output."""
+    install(session, "-e", ".[all,dev]", "matplotlib")
+    session.run("python", "bench/report.py", *session.posargs)

@@ -128,6 +128,8 @@ def main() -> None:
         print(f"(SqliteSpec size skipped: {exc})")
 
     results = {
+        "title": "Core: warm get(), keys, sizes",
+        "command": "python bench/bench_core.py",
         "machine": (
             f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
         ),
@@ -148,6 +150,7 @@ def main() -> None:
         "bytes": sizes,
     }
     print(f"machine: {results['machine']}")
+    print(f"(best of {ROUNDS} interleaved rounds of {LOOPS:,} calls)")
     print(f"{'operation':45} {'ns/call':>9}")
     for name, value in results["ns"].items():
         print(f"{name:45} {value:9.1f}")
