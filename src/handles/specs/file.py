@@ -1,0 +1,418 @@
+"""FileSpec: one file anywhere fsspec reaches (local disk, memory, S3, ...).
+
+    spec = FileSpec(
+        url="s3://bucket/data.csv.gz",
+        mode="r",
+        compression="gzip",
+        storage_options={"endpoint_url": "http://127.0.0.1:9000"},
+        secrets={"key": "env:S3_KEY", "secret": "env:S3_SECRET"},
+    )
+    fs = spec.get()          # this process's fsspec filesystem, built once
+    with spec.open() as f:   # the file, decompressed and decoded as the spec says
+        header = f.readline()
+
+Fields
+    identity:  url, mode, compression, encoding, storage_options, track_content
+               (what `open()` yields; all enter `cache_key()`)
+    placement: secrets (who reads, not what is read), block_size (bytes per request)
+
+Local paths (no protocol, `file://` or `local://`) are made absolute in the process
+that creates the spec, so a worker with another working directory opens the same
+file, and `data.csv`, `./data.csv` and `file:///abs/data.csv` share one key.
+Symlinks are kept as written, not resolved.
+
+Credentials go in `secrets` as references (`"env:NAME"` or `"file:/path"`), read on
+the worker when the filesystem is built; `storage_options` refuses credential-like
+options (`key`, `secret`, `token`, `password`, ...) given as literal strings.
+
+`get()` checks that the store answers (one metadata call) and, for a reading spec,
+that the file exists; otherwise it raises BuildError and caches nothing.
+
+Writes (`mode="wb"` or `"w"`) are atomic: see `handles.specs._atomic`. Append and
+update modes are refused, since they cannot be.
+
+Content tracking (`track_content=True`, reading specs only) adds the file's
+version to `cache_key()`: its ETag where the store has one (S3), else size and
+modification time (plus the inode on local disks), from one `fs.info()` call.
+Cost: one stat locally, one HEAD request on S3, each time a spec instance first
+computes its key (once per instance, so once per unpickled copy too). The key
+is a snapshot: an instance that computed its key keeps it; make a new spec (or
+`spec.replace()`) to see later changes.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from copy import deepcopy
+from datetime import datetime
+from os.path import abspath, expanduser
+from typing import IO, TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import Field, JsonValue, PositiveInt, ValidationInfo, field_validator
+
+from handles._fields import Identity, Placement
+from handles._optional import require
+from handles._secrets import SecretRef, split_url_password
+from handles._spec import Spec
+from handles.exceptions import BuildError, MissingDependencyError, SpecError
+from handles.specs._atomic import held_upload, replace_via_temp
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from fsspec import AbstractFileSystem
+
+__all__ = ["FileSpec"]
+
+KIND = "FileSpec"
+Mode = Literal["rb", "r", "wb", "w"]
+Compression = Literal["infer", "gzip", "bz2", "xz", "lzma", "zstd", "lz4"]
+
+READ_MODES = frozenset({"rb", "r"})
+LOCAL_PROTOCOLS = frozenset({"file", "local"})
+# Stores where an upload is invisible until completed: written in place, no temp copy.
+HELD_UPLOAD_PROTOCOLS = frozenset({"s3", "s3a"})
+# The pip package behind a codec fsspec only offers when that package is installed.
+CODEC_PACKAGES = {"zstd": "zstandard", "lz4": "lz4"}
+
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+# Storage options that carry credentials: refused as literal strings, so a
+# secret can never reach repr, JSON or a cache key.
+_CREDENTIAL_OPTIONS = frozenset(
+    {
+        "key",
+        "secret",
+        "token",
+        "password",
+        "passwd",
+        "client_secret",
+        "account_key",
+        "sas_token",
+        "session_token",
+        "access_key",
+        "secret_key",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "connection_string",
+        "credentials",
+    }
+)
+# gcsfs's token= also takes these mode names, which are not secrets.
+_TOKEN_MODES = frozenset({"anon", "google_default", "cloud", "browser", "cache"})
+# Version fields in fs.info(), strongest first: a content tag, then a time.
+_CONTENT_TAGS = ("ETag", "etag", "md5Hash", "crc32c", "checksum")
+_TIME_FIELDS = ("mtime", "LastModified", "last_modified", "updated", "created")
+
+
+class FileSpec(Spec["AbstractFileSystem"]):
+    """One file anywhere fsspec reaches; `get()` is the filesystem, `open()` the file."""
+
+    kind: Literal["file"] = "file"
+
+    url: Annotated[str, Identity]
+    mode: Annotated[Mode, Identity] = "rb"
+    compression: Annotated[Compression | None, Identity] = None
+    encoding: Annotated[str | None, Identity] = None
+    """Text modes only; None means UTF-8 (never the locale's, which differs by machine)."""
+    storage_options: Annotated[dict[str, JsonValue], Identity] = Field(default_factory=dict)
+    track_content: Annotated[bool, Identity] = False
+    secrets: Annotated[dict[str, SecretRef], Placement] = Field(default_factory=dict)
+    """Storage option name -> secret reference, resolved on the worker at build time."""
+    block_size: Annotated[PositiveInt | None, Placement] = None
+
+    # -- validation (field order matters: later checks read earlier fields) ----
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        return normalize_url(url)
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _check_mode(cls, mode: Any) -> Any:
+        if isinstance(mode, str) and any(c in mode for c in "a+x"):
+            raise ValueError(
+                f"mode {mode!r} cannot be written atomically; use 'wb' or 'w' to replace "
+                "the whole file, 'rb' or 'r' to read"
+            )
+        return mode
+
+    @field_validator("encoding")
+    @classmethod
+    def _check_encoding(cls, encoding: str | None, info: ValidationInfo) -> str | None:
+        if encoding is None:
+            return None
+        if info.data.get("mode") in ("rb", "wb"):
+            raise ValueError("an encoding applies to text modes ('r', 'w') only")
+        try:
+            return codecs.lookup(encoding).name
+        except LookupError:
+            raise ValueError(f"unknown encoding {encoding!r}") from None
+
+    @field_validator("storage_options")
+    @classmethod
+    def _check_storage_options(cls, options: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        if "skip_instance_cache" in options:
+            raise ValueError("'skip_instance_cache' is managed by handles; leave it out")
+        found = _literal_credential(options)
+        if found:
+            raise ValueError(
+                f"{found!r} looks like a credential: pass a reference instead, "
+                f"secrets={{'{found.rpartition('.')[2]}': 'env:NAME'}}"
+            )
+        return options
+
+    @field_validator("track_content")
+    @classmethod
+    def _check_tracking(cls, track: bool, info: ValidationInfo) -> bool:
+        if track and info.data.get("mode") not in (None, *READ_MODES):
+            raise ValueError("content tracking is for files a task reads; use mode 'rb' or 'r'")
+        return track
+
+    @field_validator("secrets")
+    @classmethod
+    def _check_secrets(
+        cls, secrets: dict[str, SecretRef], info: ValidationInfo
+    ) -> dict[str, SecretRef]:
+        both = sorted(set(secrets) & set(info.data.get("storage_options") or {}))
+        if both:
+            raise ValueError(f"{both[0]!r} is given both here and in storage_options")
+        return secrets
+
+    # -- where the file is -----------------------------------------------------
+
+    @property
+    def protocol(self) -> str:
+        """The fsspec protocol: 'file' for local paths."""
+        scheme, sep, _ = self.url.partition("://")
+        return scheme if sep else "file"
+
+    @property
+    def path(self) -> str:
+        """The file's path as its filesystem's methods take it (`spec.get().info(spec.path)`)."""
+        fsspec = require("fsspec", "file", kind=KIND)
+        return fsspec.core.strip_protocol(self.url)  # type: ignore[no-any-return]
+
+    # -- the live object -------------------------------------------------------
+
+    def build(self) -> AbstractFileSystem:
+        fs = self._filesystem(shared=False)
+        self._probe(fs)
+        return fs
+
+    def teardown(self, value: AbstractFileSystem) -> None:
+        # fsspec filesystems have no close(). This instance is ours alone
+        # (skip_instance_cache), so dropping it releases its connections through
+        # the finalizers fsspec backends register; the listings cache goes now.
+        value.invalidate_cache()
+
+    def fingerprint(self) -> Any:
+        if not self.track_content:
+            return None
+        try:
+            # fsspec's own per-process instance, not the registry: cache_key() must
+            # not build registry entries (get() itself needs the key).
+            fs = self._filesystem(shared=True)
+            fs.invalidate_cache(self.path)  # a shared instance may hold a stale listing
+            info = fs.info(self.path)
+        except FileNotFoundError:
+            return {"missing": True}  # a key for "absent"; it moves when the file appears
+        except MissingDependencyError:
+            raise
+        except Exception as exc:
+            # The same error get() would give, though raised before any build.
+            raise BuildError.for_spec(self, exc) from exc
+        return version_of(info)
+
+    @contextmanager
+    def open(self) -> Iterator[IO[Any]]:
+        """The file, opened in the spec's mode; a write replaces it atomically on success."""
+        fs = self.get()
+        options = {"block_size": self.block_size} if self.block_size else {}
+        if self.mode in READ_MODES:
+            raw_cm = fs.open(self.path, "rb", **options)
+        elif self.protocol in HELD_UPLOAD_PROTOCOLS:
+            raw_cm = held_upload(fs, self.path, **options)
+        else:
+            raw_cm = replace_via_temp(
+                fs, self.path, local=self.protocol in LOCAL_PROTOCOLS, **options
+            )
+        with raw_cm as raw, self._layers(raw) as stream:
+            yield stream
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _filesystem(self, *, shared: bool) -> AbstractFileSystem:
+        fsspec = require("fsspec", "file", kind=KIND)
+        _check_protocol(fsspec, self.protocol)
+        self._check_codec(fsspec)
+        # A deep copy: backends edit nested options in place (botocore rewrites
+        # config_kwargs["retries"]), which would change this spec's JSON under its key.
+        options: dict[str, Any] = {**deepcopy(self.storage_options), **self._resolved_secrets()}
+        if not shared:
+            options["skip_instance_cache"] = True
+        # url_to_fs also reads options the URL carries (an SFTP host, say).
+        fs, _ = fsspec.core.url_to_fs(self.url, **options)
+        return fs
+
+    def _resolved_secrets(self) -> dict[str, str]:
+        return {name: ref.resolve(KIND, f"secrets.{name}") for name, ref in self.secrets.items()}
+
+    def _check_codec(self, fsspec: ModuleType) -> None:
+        codec = self.compression
+        if codec in (None, "infer") or codec in fsspec.available_compressions():
+            return
+        raise SpecError.one(
+            KIND,
+            "compression",
+            f"{codec!r} needs the {CODEC_PACKAGES.get(str(codec), str(codec))} package, "
+            "which is not installed",
+        )
+
+    def _probe(self, fs: AbstractFileSystem) -> None:
+        # One metadata call, so an unreachable store or a missing input fails
+        # here, at first get(), rather than halfway through a task.
+        try:
+            if self.mode not in READ_MODES:
+                fs.exists(self.path)
+                return
+            info = fs.info(self.path)
+        except FileNotFoundError:
+            raise SpecError.one(KIND, "url", f"no such file: {self.url}") from None
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            raise SpecError.one(KIND, "url", f"cannot check {self.url}: {detail}") from exc
+        if info.get("type") == "directory":
+            raise SpecError.one(KIND, "url", f"{self.url} is a directory, not a file")
+
+    @contextmanager
+    def _layers(self, raw: IO[bytes]) -> Iterator[IO[Any]]:
+        # Decompression and decoding over the raw file. On the way out the layers
+        # are finished (trailer written, text flushed) but the raw file is left
+        # open: the atomic writer still has to sync and commit it.
+        reading = self.mode in READ_MODES
+        stream: IO[Any] = raw
+        with ExitStack() as finish:
+            codec = self._codec()
+            if codec is not None:
+                from fsspec.compression import compr
+
+                stream = compr[codec](raw, mode="rb" if reading else "wb")
+                finish.callback(stream.close)  # never closes a file object it was given
+            if self.mode in ("r", "w"):
+                text = io.TextIOWrapper(stream, encoding=self.encoding or "utf-8")
+                finish.callback(text.detach)  # flushes, leaves the layer below open
+                stream = text
+            yield stream
+
+    def _codec(self) -> str | None:
+        if self.compression != "infer":
+            return self.compression
+        from fsspec.utils import infer_compression
+
+        return infer_compression(self.path)  # type: ignore[no-any-return]
+
+
+# -- pure helpers ---------------------------------------------------------------
+
+
+def normalize_url(url: str) -> str:
+    """The canonical spelling of a file URL; raises ValueError for a malformed one."""
+    if url != url.strip():
+        raise ValueError("the URL has leading or trailing whitespace")
+    if not url:
+        raise ValueError("missing path: the URL is empty")
+    if "::" in url:
+        raise ValueError("chained URLs ('a::b') are not supported: a FileSpec names one file")
+    if split_url_password(url)[1] is not None:
+        raise ValueError(
+            "the URL contains a password: remove it and pass secrets={'password': 'env:NAME'}"
+        )
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return _local_path(url)
+    scheme = scheme.lower()
+    if not _SCHEME.fullmatch(scheme):
+        raise ValueError(f"bad URL scheme {scheme!r}: expected letters, digits, '+', '-' or '.'")
+    if scheme in LOCAL_PROTOCOLS:
+        return _local_path(rest)
+    if not rest.strip("/"):
+        raise ValueError(f"missing path: {scheme}:// names no file")
+    if rest.endswith("/"):
+        raise ValueError("the URL ends with '/': it names a folder, not a file")
+    return f"{scheme}://{rest}"
+
+
+def _local_path(path: str) -> str:
+    if not path:
+        raise ValueError("missing path: the URL is empty")
+    if path.endswith(("/", "\\")):
+        raise ValueError("the path ends with a separator: it names a folder, not a file")
+    # Resolved here, in the creating process: workers may run elsewhere.
+    return abspath(expanduser(path)).replace("\\", "/")
+
+
+def version_of(info: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON data that changes when the file's content does, from an fs.info() result."""
+    version: dict[str, Any] = {"size": info.get("size")}
+    for name in _CONTENT_TAGS:
+        if info.get(name):
+            version[name] = _jsonable(info[name])
+            return version
+    for name in _TIME_FIELDS:
+        if info.get(name) is not None:
+            version[name] = _jsonable(info[name])
+            break
+    if info.get("ino"):
+        # Atomic replacement gives the file a new inode on every write, even one
+        # within the same mtime tick.
+        version["ino"] = info["ino"]
+    return version
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def _literal_credential(options: Mapping[str, Any], prefix: str = "") -> str | None:
+    """The dotted name of the first credential given as a literal string, if any."""
+    for name, value in options.items():
+        dotted = f"{prefix}{name}"
+        if isinstance(value, Mapping):
+            found = _literal_credential(value, f"{dotted}.")
+            if found:
+                return found
+        elif (
+            name.lower() in _CREDENTIAL_OPTIONS
+            and isinstance(value, str)
+            and value
+            and not (name.lower() == "token" and value in _TOKEN_MODES)
+        ):
+            return dotted
+    return None
+
+
+def _check_protocol(fsspec: ModuleType, protocol: str) -> None:
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ValueError:
+        raise SpecError.one(
+            KIND,
+            "url",
+            f"unknown protocol {protocol!r}; fsspec.available_protocols() lists the known ones",
+        ) from None
+    except ImportError as exc:
+        if protocol in HELD_UPLOAD_PROTOCOLS:
+            raise MissingDependencyError("s3fs", "s3", kind=KIND) from exc
+        raise SpecError.one(
+            KIND, "url", f"protocol {protocol!r} needs a package that is not installed: {exc}"
+        ) from exc
