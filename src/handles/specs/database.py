@@ -1,0 +1,330 @@
+"""DatabaseSpec: any SQLAlchemy database; `get()` is this process's Engine.
+
+    db = DatabaseSpec(
+        url="postgresql+psycopg://app@db.internal:5432/sales",
+        password="env:PGPASSWORD",          # a SecretRef: read on the worker, in build()
+        max_connections=20, workers=4,      # at most 20 connections over 4 processes
+    )
+    with db.transaction() as conn:          # engine.begin(): commit, or roll back on error
+        conn.execute(text("insert into t values (1)"))
+
+Which database (identity, enters `cache_key()`)
+    `url`, with any password masked.
+
+How this process reaches it (placement, stays out of `cache_key()`)
+    `password` (where the secret lives), the pool options, the connection
+    budget, `connect_args` and `check_connection`.
+
+Passwords. Give them as a secret reference (`password="env:NAME"` or
+`"file:/run/secrets/db"`): the spec then never holds the secret. A password
+written into the URL is accepted but masked as `***` in repr, in JSON and in the
+key; only pickles (how Prefect and Dask ship a spec to a worker) carry it. So a
+spec with a plain password cannot round-trip through JSON: validating a URL
+whose password is `***` is a SpecError that asks for a secret reference. Two
+specs that differ only in a plain URL password share a key, and so one Engine
+per process.
+
+Connection budget. Each process opens at most `pool_size + max_overflow`
+connections, so N worker processes open up to N times that, and "too many
+connections" is the classic failure. `max_connections=M, workers=N` caps the
+total: each process's pool gets at most M // N connections (pool_size and
+max_overflow are lowered to fit) and waits up to `pool_timeout` for a free one.
+Without a budget, on PostgreSQL the first build compares the worst case with
+the server's `max_connections` and warns with the arithmetic.
+
+Fork. The registry gives a forked child an empty registry, so the child builds
+its own Engine and never touches its parent's pool. An Engine carried into a
+child some other way (a global) is guarded too: a pooled connection opened in
+another process is dropped, unclosed, on checkout, and a fresh one is opened
+(SQLAlchemy's documented recipe for pools and os.fork()). `close()` disposes.
+
+URLs are passed to SQLAlchemy as written: for SQLite files prefer SqliteSpec,
+which resolves relative paths where the spec is made.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationInfo, field_serializer, field_validator
+
+from handles._fields import Identity, Placement
+from handles._optional import require
+from handles._secrets import MASK, SecretRef, mask_url_password
+from handles._spec import Spec
+from handles.exceptions import MissingDependencyError, SpecError
+
+if TYPE_CHECKING:
+    from sqlalchemy import URL, Connection, Engine
+
+__all__ = ["DatabaseSpec", "guard_against_fork"]
+
+_SCHEME = re.compile(
+    r"(?P<dialect>[A-Za-z][A-Za-z0-9_]*)(?:\+(?P<driver>[A-Za-z][A-Za-z0-9_]*))?://"
+)
+# SQLAlchemy's own dialects; others register through the "sqlalchemy.dialects" entry points.
+_BUILTIN_DIALECTS = frozenset({"mariadb", "mssql", "mysql", "oracle", "postgresql", "sqlite"})
+# Drivers that handles[sql] installs: a missing one is a broken install, not a wrong URL.
+_SQL_EXTRA_DRIVERS = frozenset({"psycopg"})
+
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class DatabaseSpec(Spec["Engine"]):
+    """A database reached through SQLAlchemy: `get()` is this process's Engine."""
+
+    kind: Literal["database"] = "database"
+
+    url: Annotated[str, Identity]
+    """A SQLAlchemy URL, dialect+driver://user@host:port/database."""
+    password: Annotated[SecretRef | None, Placement] = None
+    """Where the password lives: "env:NAME" or "file:/path"."""
+    pool_size: Annotated[int, Placement, Field(ge=1)] = 5
+    max_overflow: Annotated[int, Placement, Field(ge=0)] = 10
+    pool_timeout: Annotated[Seconds, Placement] = 30.0
+    """Seconds to wait for a free pooled connection before failing."""
+    pool_recycle: Annotated[Seconds | None, Placement] = None
+    """Reopen connections older than this many seconds (servers drop idle ones)."""
+    pool_pre_ping: Annotated[bool, Placement] = True
+    """Test each connection on checkout: a worker outlives server restarts."""
+    max_connections: Annotated[int | None, Placement, Field(ge=1)] = None
+    """Cap on connections over all `workers` processes together."""
+    workers: Annotated[int | None, Placement, Field(ge=1)] = None
+    """How many processes use this spec at once (for the budget and its warning)."""
+    connect_args: Annotated[dict[str, str | int | float | bool], Placement] = Field(
+        default_factory=dict
+    )
+    """Passed to the driver's connect(); no secrets here (use `password`)."""
+    check_connection: Annotated[bool, Placement] = True
+    """Connect once in build(), so a wrong URL fails at get() rather than later."""
+
+    # -- validation -------------------------------------------------------------
+    # Messages never echo the URL: it may hold a password.
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, url: str) -> str:
+        if not url or any(c.isspace() for c in url):
+            raise ValueError("must be a URL without spaces, e.g. postgresql+psycopg://user@host/db")
+        match = _SCHEME.match(url)
+        if match is None:
+            raise ValueError(
+                "must start with dialect+driver://, e.g. postgresql+psycopg:// or sqlite:///"
+            )
+        dialect = match["dialect"].lower()
+        if not _dialect_known(dialect):
+            builtin = ", ".join(sorted(_BUILTIN_DIALECTS))
+            raise ValueError(
+                f"unknown database dialect {dialect!r}; SQLAlchemy has {builtin} "
+                "and those installed packages register"
+            )
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 - parsing is the check
+        except ValueError:
+            raise ValueError("has a port that is not a number from 0 to 65535") from None
+        if parts.password == MASK:
+            raise ValueError(
+                f"has a masked password ({MASK}), as in a spec dumped to JSON: "
+                "JSON never carries a plain password, so give it as a secret reference, "
+                "password='env:NAME' or password='file:/path', and leave it out of the URL"
+            )
+        if dialect == "sqlite" and _sqlite_in_memory(url):
+            raise ValueError(
+                "is an in-memory SQLite database, private to each pooled connection; "
+                "use SqliteSpec(memory='name') for one shared by a process"
+            )
+        return url
+
+    @field_validator("password")
+    @classmethod
+    def _one_password(cls, value: SecretRef | None, info: ValidationInfo) -> SecretRef | None:
+        url = info.data.get("url")
+        if value is not None and url is not None and urlsplit(url).password is not None:
+            raise ValueError("is given twice: remove the password from the URL")
+        return value
+
+    @field_validator("workers")
+    @classmethod
+    def _budget_fits(cls, workers: int | None, info: ValidationInfo) -> int | None:
+        total = info.data.get("max_connections")
+        if total is None:
+            return workers
+        if workers is None:
+            raise ValueError(
+                f"is needed with max_connections={total}: the budget is shared by that many "
+                "processes (each gets max_connections // workers)"
+            )
+        if total < workers:
+            raise ValueError(
+                f"cannot share max_connections={total} between {workers} processes: "
+                "each needs at least one connection"
+            )
+        return workers
+
+    # -- masking ----------------------------------------------------------------
+
+    @field_serializer("url")
+    def _masked_url(self, url: str) -> str:
+        return mask_url_password(url)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, mask_url_password(value) if name == "url" else value
+
+    def replace(self, **changes: Any) -> DatabaseSpec:
+        # The dump masks a plain password; carry the real URL over unless replaced.
+        changes.setdefault("url", self.url)
+        return super().replace(**changes)
+
+    # -- the budget -------------------------------------------------------------
+
+    def pool_limits(self) -> tuple[int, int]:
+        """(pool_size, max_overflow) each process's pool gets, after the budget."""
+        if self.max_connections is None or self.workers is None:
+            return self.pool_size, self.max_overflow
+        per_process = self.max_connections // self.workers
+        size = min(self.pool_size, per_process)
+        return size, min(self.max_overflow, per_process - size)
+
+    def connections_per_process(self) -> int:
+        """The most connections one process's pool opens."""
+        return sum(self.pool_limits())
+
+    # -- the live object --------------------------------------------------------
+
+    def build(self) -> Engine:
+        sa = require("sqlalchemy", "sql", kind=type(self).__name__)
+        url = self._connect_url(sa)
+        size, overflow = self.pool_limits()
+        try:
+            engine: Engine = sa.create_engine(
+                url,
+                poolclass=sa.pool.QueuePool,  # the budget needs a bounded pool
+                pool_size=size,
+                max_overflow=overflow,
+                pool_timeout=self.pool_timeout,
+                pool_recycle=-1 if self.pool_recycle is None else self.pool_recycle,
+                pool_pre_ping=self.pool_pre_ping,
+                connect_args=dict(self.connect_args),
+            )
+        except ImportError as exc:
+            raise self._missing_driver(exc) from exc
+        guard_against_fork(engine)
+        if self.check_connection:
+            try:
+                self._check(engine, sa)
+            except BaseException:
+                engine.dispose()  # nothing half-built stays open
+                raise
+        return engine
+
+    def teardown(self, value: Engine) -> None:
+        value.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A connection from this process's Engine inside a transaction (`engine.begin()`)."""
+        with self.get().begin() as conn:
+            yield conn
+
+    def _connect_url(self, sa: Any) -> URL:
+        try:
+            url: URL = sa.make_url(self.url)
+            dialect = url.get_dialect()
+        except sa.exc.ArgumentError as exc:
+            raise SpecError.one(self.kind, "url", f"is not a valid URL: {exc}") from None
+        except sa.exc.NoSuchModuleError:
+            raise SpecError.one(
+                self.kind,
+                "url",
+                f"SQLAlchemy has no dialect+driver {url.drivername!r}; "
+                "check the spelling or install the package that provides it",
+            ) from None
+        if dialect.is_async:
+            raise SpecError.one(
+                self.kind,
+                "url",
+                f"{url.drivername} is an asyncio driver; DatabaseSpec builds a synchronous "
+                "Engine, so use a synchronous driver (postgresql+psycopg, not +asyncpg)",
+            )
+        if self.password is not None:
+            url = url.set(password=self.password.resolve(self.kind, "password"))
+        return url
+
+    def _missing_driver(self, exc: ImportError) -> Exception:
+        package = (exc.name or "").split(".")[0]
+        if package in _SQL_EXTRA_DRIVERS:
+            return MissingDependencyError(package, "sql", kind=type(self).__name__)
+        return SpecError.one(
+            self.kind,
+            "url",
+            f"needs the driver package {package or exc}, which is not installed "
+            f"(pip install {package or '<driver>'})",
+        )
+
+    def _check(self, engine: Engine, sa: Any) -> None:
+        try:
+            with engine.connect() as conn:
+                if engine.dialect.name == "postgresql":
+                    self._warn_over_server_limit(conn, sa)
+        except sa.exc.DBAPIError as exc:
+            detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise SpecError.one(
+                self.kind, "url", f"cannot connect to {mask_url_password(self.url)}: {detail}"
+            ) from exc
+
+    def _warn_over_server_limit(self, conn: Connection, sa: Any) -> None:
+        server_max = int(conn.execute(sa.text("SHOW max_connections")).scalar_one())
+        processes = self.workers or 1
+        worst = processes * self.connections_per_process()
+        if self.max_connections is None and worst > server_max:
+            warnings.warn(
+                f"{self!r} may open {processes} processes x {self.connections_per_process()} "
+                f"connections (pool_size + max_overflow) = {worst}, but the server allows "
+                f"{server_max}: set max_connections= (and workers=) to cap the total",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+
+def guard_against_fork(engine: Engine) -> None:
+    """Make `engine`'s pool drop, unclosed, any connection opened by another process.
+
+    Closing an inherited connection in a child would end the parent's session
+    on the server; reusing it would interleave two processes on one socket.
+    """
+    sa = require("sqlalchemy", "sql")
+
+    def remember_pid(_dbapi_conn: Any, record: Any) -> None:
+        record.info["handles_pid"] = os.getpid()
+
+    def refuse_foreign(_dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        if record.info.get("handles_pid") != os.getpid():
+            record.dbapi_connection = proxy.dbapi_connection = None
+            raise sa.exc.DisconnectionError("connection belongs to another process; reconnecting")
+
+    sa.event.listen(engine, "connect", remember_pid)
+    sa.event.listen(engine, "checkout", refuse_foreign)
+
+
+@lru_cache(maxsize=64)
+def _dialect_known(name: str) -> bool:
+    if name in _BUILTIN_DIALECTS:
+        return True
+    return any(ep.name.split(".")[0] == name for ep in entry_points(group="sqlalchemy.dialects"))
+
+
+def _sqlite_in_memory(url: str) -> bool:
+    rest = url.split("://", 1)[1]
+    database = rest[1:] if rest.startswith("/") else rest
+    database = database.split("?", 1)[0]
+    return database in ("", ":memory:") or "mode=memory" in url
