@@ -1,0 +1,364 @@
+"""SqliteSpec on real SQLite files: paths, threads, pragmas, read-only, memory, engine, load."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import handles
+from handles import SqliteSpec
+
+
+def test_relative_path_resolves_where_the_spec_is_made(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    spellings = ["app.db", "./app.db", "sub/../app.db", str(tmp_path / "app.db"), Path("app.db")]
+    specs = [SqliteSpec(path=p) for p in spellings]
+    assert {s.path for s in specs} == {str(tmp_path / "app.db")}
+    assert len({s.cache_key() for s in specs}) == 1
+    assert json.loads(specs[0].model_dump_json())["path"] == str(tmp_path / "app.db")
+
+    # A worker with another working directory still reaches the same file.
+    monkeypatch.chdir(tmp_path / "sub")
+    specs[0].get().execute("create table t (x)")
+    assert (tmp_path / "app.db").exists()
+    assert not (tmp_path / "sub" / "app.db").exists()
+    assert SqliteSpec(path="app.db").cache_key() != specs[0].cache_key()
+
+
+def test_key_follows_the_database_not_how_to_connect(tmp_path):
+    base = SqliteSpec(path=tmp_path / "a.db")
+    same_db = [base.replace(read_only=True), base.replace(pragmas={"synchronous": "normal"})]
+    assert {s.cache_key() for s in same_db} == {base.cache_key()}
+    assert SqliteSpec(memory="a").cache_key() != SqliteSpec(memory="b").cache_key()
+    assert sorted(SqliteSpec.identity_fields) == ["memory", "path"]
+
+
+def test_shared_connection_fails_but_spec_gives_each_thread_its_own(tmp_path):
+    # The failure this kind exists for: a connection made in one thread, used in another.
+    shared = sqlite3.connect(tmp_path / "raw.db")
+    with (
+        ThreadPoolExecutor(1) as pool,
+        pytest.raises(sqlite3.ProgrammingError, match="same thread"),
+    ):
+        pool.submit(shared.execute, "select 1").result()
+    shared.close()
+
+    spec = SqliteSpec(path=tmp_path / "app.db")
+    with spec.transaction() as conn:
+        conn.execute("create table t (thread integer, i integer)")
+
+    def work(i: int) -> int:
+        with spec.transaction() as conn:
+            conn.execute("insert into t values (?, ?)", (threading.get_ident(), i))
+        return id(spec.get())
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(work, range(200)))
+    assert spec.get().execute("select count(*) from t").fetchone() == (200,)
+    assert len(ids) <= 8
+    assert id(spec.get()) not in ids, "the main thread has a connection of its own"
+
+
+def test_registry_closes_other_threads_connections_from_any_thread(tmp_path):
+    spec = SqliteSpec(path=tmp_path / "app.db")
+    got: list[sqlite3.Connection] = []
+    ready, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        got.append(spec.get())
+        ready.set()
+        release.wait()
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    ready.wait()
+    handles.registry().close()  # from the main thread, while the worker still runs
+    release.set()
+    worker.join()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        got[0].execute("select 1")
+
+
+def test_default_pragmas_make_a_file_safe_to_share(tmp_path):
+    conn = SqliteSpec(path=tmp_path / "app.db").get()
+    assert conn.execute("pragma journal_mode").fetchone() == ("wal",)
+    assert conn.execute("pragma busy_timeout").fetchone() == (5000,)
+    assert conn.execute("pragma foreign_keys").fetchone() == (1,)
+
+
+def test_pragmas_merge_over_defaults_and_none_leaves_sqlites_default(tmp_path):
+    spec = SqliteSpec(
+        path=tmp_path / "app.db",
+        pragmas={"Synchronous": 1, "journal_mode": None, "busy_timeout": 250},
+    )
+    assert spec.pragmas == {
+        "busy_timeout": 250,
+        "foreign_keys": True,
+        "journal_mode": None,
+        "synchronous": "normal",
+    }
+    assert SqliteSpec.model_validate_json(spec.model_dump_json()) == spec
+    conn = spec.get()
+    assert conn.execute("pragma synchronous").fetchone() == (1,)
+    assert conn.execute("pragma journal_mode").fetchone() == ("delete",)
+    assert conn.execute("pragma busy_timeout").fetchone() == (250,)
+
+
+def test_foreign_keys_are_enforced(tmp_path):
+    spec = SqliteSpec(path=tmp_path / "app.db")
+    with spec.transaction() as conn:
+        conn.execute("create table parent (id integer primary key)")
+        conn.execute("create table child (parent integer references parent(id))")
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"), spec.transaction() as conn:
+        conn.execute("insert into child values (42)")
+
+
+def test_read_only_reads_and_refuses_writes(tmp_path):
+    writer = SqliteSpec(path=tmp_path / "app.db")
+    with writer.transaction() as conn:
+        conn.execute("create table t (x)")
+        conn.execute("insert into t values (1)")
+    reader = writer.replace(read_only=True)
+    with reader.transaction() as conn:
+        assert conn.execute("select x from t").fetchall() == [(1,)]
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        reader.get().execute("insert into t values (2)")
+
+
+def _insert_then_fail(spec: SqliteSpec, value: str) -> None:
+    with spec.transaction() as conn:
+        conn.execute("insert into t values (?)", (value,))
+        raise KeyError(value)
+
+
+def test_transaction_commits_rolls_back_and_nests(tmp_path):
+    spec = SqliteSpec(path=tmp_path / "app.db")
+    with spec.transaction() as conn:
+        conn.execute("create table t (x)")
+    with pytest.raises(KeyError):
+        _insert_then_fail(spec, "rolled back")
+    with spec.transaction() as conn:
+        conn.execute("insert into t values ('outer')")
+        with pytest.raises(KeyError):
+            _insert_then_fail(spec, "inner, rolled back")
+        with spec.transaction():
+            conn.execute("insert into t values ('inner, kept')")
+    rows = spec.get().execute("select x from t order by rowid").fetchall()
+    assert rows == [("outer",), ("inner, kept",)]
+    assert not spec.get().in_transaction
+
+
+def test_writers_queue_on_a_lock_file_next_to_the_database(tmp_path):
+    spec = SqliteSpec(path=tmp_path / "app.db")
+    with spec.transaction() as conn:
+        conn.execute("create table t (x)")
+    assert (tmp_path / "app.db-lock").exists()
+    with spec.replace(read_only=True).transaction() as conn:
+        assert conn.execute("select count(*) from t").fetchone() == (0,)
+
+
+def test_one_thread_writing_through_two_connections_fails_instead_of_hanging(tmp_path):
+    first = SqliteSpec(path=tmp_path / "app.db", pragmas={"busy_timeout": 50})
+    second = first.replace(pragmas={"busy_timeout": 50, "synchronous": "normal"})
+    with first.transaction() as conn:
+        conn.execute("create table t (x)")
+    with first.transaction(), pytest.raises(sqlite3.OperationalError, match="locked"):
+        _insert(second, 1)
+
+
+def _insert(spec: SqliteSpec, value: object) -> None:
+    with spec.transaction() as conn:
+        conn.execute("insert into t values (?)", (value,))
+
+
+def test_memory_database_is_shared_by_threads_and_outlives_them():
+    spec = SqliteSpec(memory="shared")
+
+    def create() -> None:
+        with spec.transaction() as conn:
+            conn.execute("create table t (x)")
+            conn.execute("insert into t values (1)")
+
+    worker = threading.Thread(target=create)
+    worker.start()
+    worker.join()  # its connection is closed when the thread ends ...
+    del worker
+    # ... but the database lives on for the process.
+    assert spec.get().execute("select x from t").fetchall() == [(1,)]
+    assert SqliteSpec(memory="other").get().execute(
+        "select count(*) from sqlite_master"
+    ).fetchone() == (0,)
+
+    handles.registry().close()
+    tables = spec.get().execute("select name from sqlite_master").fetchall()
+    assert tables == [], "closing the registry ends the in-memory database"
+
+
+def test_engine_is_one_per_process_with_the_same_pragmas(tmp_path):
+    from sqlalchemy import text
+
+    spec = SqliteSpec(path=tmp_path / "app.db", pragmas={"synchronous": "off"})
+    engine = spec.engine()
+    assert spec.engine() is engine
+    assert SqliteSpec(path=tmp_path / "app.db", pragmas={"synchronous": "off"}).engine() is engine
+    with spec.transaction() as conn:
+        conn.execute("create table t (x)")
+        conn.execute("insert into t values (1)")
+
+    def read(_: int) -> tuple[object, ...]:
+        with engine.connect() as conn:
+            return (
+                conn.execute(text("pragma foreign_keys")).scalar_one(),
+                conn.execute(text("pragma synchronous")).scalar_one(),
+                conn.execute(text("select x from t")).scalar_one(),
+            )
+
+    with ThreadPoolExecutor(4) as pool:
+        assert set(pool.map(read, range(20))) == {(1, 0, 1)}
+    kinds = {s.kind: s for s in handles.registry().stats().values()}
+    assert kinds["sqlite-engine"].builds == 1
+    handles.registry().close()
+    assert spec.engine() is not engine, "close() disposed the engine; a new one is built"
+
+
+def test_engine_on_a_memory_database_sees_the_threads_data():
+    from sqlalchemy import text
+
+    spec = SqliteSpec(memory="engine-shared")
+    with spec.transaction() as conn:
+        conn.execute("create table t (x)")
+        conn.execute("insert into t values (7)")
+    with spec.engine().connect() as conn:
+        assert conn.execute(text("select x from t")).scalar_one() == 7
+
+
+def _child_uses_engines(spec: SqliteSpec, inherited: object, out: object) -> None:
+    from sqlalchemy import text
+
+    try:
+        own = spec.engine()
+        with own.begin() as conn:
+            conn.execute(text("insert into t values ('child')"))
+        # An engine carried over from the parent drops the parent's connections.
+        with inherited.begin() as conn:  # type: ignore[attr-defined]
+            conn.execute(text("insert into t values ('child via inherited')"))
+        out.send(own is not inherited)  # type: ignore[attr-defined]
+    except BaseException as exc:
+        out.send(repr(exc))  # type: ignore[attr-defined]
+
+
+def test_forked_child_builds_its_own_engine(tmp_path):
+    from sqlalchemy import text
+
+    spec = SqliteSpec(path=tmp_path / "app.db")
+    engine = spec.engine()
+    with engine.begin() as conn:
+        conn.execute(text("create table t (x)"))
+        conn.execute(text("insert into t values ('parent')"))
+    ctx = multiprocessing.get_context("fork")
+    here, there = ctx.Pipe()
+    child = ctx.Process(target=_child_uses_engines, args=(spec, engine, there))
+    child.start()
+    assert here.recv() is True
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    with engine.connect() as conn:
+        rows = conn.execute(text("select x from t order by rowid")).scalars().all()
+    assert rows == ["parent", "child", "child via inherited"]
+
+
+def test_importing_and_making_specs_imports_no_sqlalchemy(subprocess_env):
+    script = (
+        "import sys, handles\n"
+        "from handles import SqliteSpec, DatabaseSpec\n"
+        "SqliteSpec(memory='x').get()\n"
+        "DatabaseSpec(url='postgresql+psycopg://u@h/db', password='env:PW')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'psycopg')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert out.stdout.strip() == "[]"
+
+
+# -- load: 4 processes x 4 threads x 500 single-row transactions into one file ----
+
+PROCESSES, THREADS, ROWS = 4, 4, 500
+
+
+def _insert_rows(spec: SqliteSpec, proc: int, start: object, results: object) -> None:
+    errors: list[str] = []
+
+    def insert(thread: int) -> None:
+        for seq in range(ROWS):
+            try:
+                with spec.transaction() as conn:
+                    conn.execute("insert into events values (?, ?, ?)", (proc, thread, seq))
+            except sqlite3.Error as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    start.wait()  # type: ignore[attr-defined]
+    threads = [threading.Thread(target=insert, args=(t,)) for t in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    results.put((proc, errors))  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_load_four_processes_four_threads_no_lost_rows_no_locks(tmp_path):
+    spec = SqliteSpec(path=tmp_path / "load.db")
+    with spec.transaction() as conn:
+        conn.execute("create table events (proc, thread, seq, primary key (proc, thread, seq))")
+    handles.registry().close()  # the parent holds no connection during the run
+
+    # spawn, as Prefect's process pool does: each worker gets the pickled spec.
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(PROCESSES + 1)
+    results = ctx.Queue()
+    workers = [
+        ctx.Process(target=_insert_rows, args=(spec, p, start, results)) for p in range(PROCESSES)
+    ]
+    for w in workers:
+        w.start()
+    try:
+        start.wait(timeout=120)
+        began = time.perf_counter()
+        reports = [results.get(timeout=280) for _ in workers]
+        seconds = time.perf_counter() - began
+    finally:
+        for w in workers:
+            w.join(timeout=30)
+            if w.is_alive():
+                w.kill()
+    errors = [e for _, errs in reports for e in errs]
+    rows = (
+        spec.get()
+        .execute("select count(*), count(distinct proc || '.' || thread || '.' || seq) from events")
+        .fetchone()
+    )
+    total = PROCESSES * THREADS * ROWS
+    print(
+        f"\nSqliteSpec load: {PROCESSES} processes x {THREADS} threads x {ROWS} transactions = "
+        f"{total} rows in {seconds:.2f} s: {total / seconds:.0f} transactions/s, "
+        f"{len(errors)} errors"
+    )
+    assert [w.exitcode for w in workers] == [0] * PROCESSES
+    assert errors == []
+    assert rows == (total, total)
