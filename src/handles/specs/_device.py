@@ -1,0 +1,214 @@
+"""Devices and dtypes shared by the model kinds (torch, hf-pipeline).
+
+Device strings
+    "auto"    CUDA when `torch.cuda.is_available()`, else CPU.
+    "cpu"     always the CPU.
+    "cuda"    a CUDA GPU chosen by the spreading policy below.
+    "cuda:N"  GPU N exactly; checked at build (a missing GPU is a BuildError).
+    "mps"     Apple's Metal device.
+
+Spreading worker processes over several GPUs ("auto" and "cuda")
+    The first process on a machine to build a model takes worker slot 0, the
+    next slot 1, and so on; slot k uses GPU k % (number of visible GPUs). A slot
+    is an exclusive `flock` on a file in the temporary directory, held until the
+    process ends, so a replacement for a dead worker reuses the freed slot and
+    the spread stays even. Every model a process builds goes to its slot's GPU,
+    so the process keeps one CUDA context. Choosing needs no CUDA call; probing
+    free memory instead would create a context on every GPU in every worker.
+    Where `fcntl` is missing (Windows), the slot is the process id. To place a
+    process yourself, name `cuda:N` or narrow `CUDA_VISIBLE_DEVICES`.
+
+Closing a model (`release_module`) empties its parameters and buffers in place,
+so its memory is returned even while a caller still holds the module, then gives
+cached CUDA blocks back to the driver with `torch.cuda.empty_cache()`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from handles.exceptions import SpecError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "DTYPES",
+    "check_device",
+    "check_dtype",
+    "claim_slot",
+    "empty_cuda_cache",
+    "gpu_for_slot",
+    "release_module",
+    "resolve_device",
+    "to_torch_dtype",
+]
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+DTYPES = ("bfloat16", "float16", "float32", "float64")
+# Other spellings, only to suggest the accepted name: one spelling keeps keys stable.
+_DTYPE_ALIASES = {
+    "bf16": "bfloat16",
+    "fp16": "float16",
+    "half": "float16",
+    "fp32": "float32",
+    "float": "float32",
+    "fp64": "float64",
+    "double": "float64",
+}
+_MAX_SLOTS = 4096
+
+
+# -- validation at construction (no torch import) -----------------------------
+
+
+def check_device(value: str) -> str:
+    """Field validator: one of auto, cpu, cuda, cuda:N, mps."""
+    if not _DEVICE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' (N = 0, 1, ...) "
+            "or 'mps'"
+        )
+    return value
+
+
+def check_dtype(value: str | None, *, extra: tuple[str, ...] = ()) -> str | None:
+    """Field validator: a floating dtype name such as 'float16', with a hint for typos."""
+    allowed = (*extra, *DTYPES)
+    if value is None or value in allowed:
+        return value
+    close = _DTYPE_ALIASES.get(value.lower()) or next(
+        iter(difflib.get_close_matches(value, allowed, n=1)), None
+    )
+    hint = f"did you mean {close!r}? " if close else ""
+    raise ValueError(f"unknown dtype {value!r}; {hint}use one of {', '.join(allowed)}")
+
+
+# -- resolution at build ------------------------------------------------------
+
+
+def resolve_device(value: str, kind: str, field: str = "device") -> torch.device:
+    """The torch.device for a validated device string, checked against this machine."""
+    import torch
+
+    if value == "cpu":
+        return torch.device("cpu")
+    if value == "mps":
+        if not torch.backends.mps.is_available():
+            raise SpecError.one(kind, field, "'mps' requested but this machine has no MPS device")
+        return torch.device("mps")
+    if not torch.cuda.is_available():
+        if value == "auto":
+            return torch.device("cpu")
+        raise SpecError.one(
+            kind, field, f"{value!r} requested but no CUDA device is available on this machine"
+        )
+    count = torch.cuda.device_count()
+    if value in ("auto", "cuda"):
+        return torch.device("cuda", gpu_for_slot(_process_slot(), count))
+    index = int(value.partition(":")[2])
+    if index >= count:
+        raise SpecError.one(
+            kind,
+            field,
+            f"{value!r} requested but this machine has {count} CUDA device(s) "
+            f"(cuda:0 to cuda:{count - 1})",
+        )
+    return torch.device("cuda", index)
+
+
+def to_torch_dtype(name: str) -> torch.dtype:
+    """torch.float16 for 'float16' (names were validated at construction)."""
+    import torch
+
+    dtype: torch.dtype = getattr(torch, name)
+    return dtype
+
+
+# -- spreading over GPUs ------------------------------------------------------
+
+
+def gpu_for_slot(slot: int, gpu_count: int) -> int:
+    """The GPU for worker slot `slot`: round robin over the visible GPUs."""
+    return slot % gpu_count
+
+
+def claim_slot(folder: Path) -> tuple[int, int | None]:
+    """Take the lowest free slot in `folder`: (slot, the open file holding its lock).
+
+    Without `fcntl` (or with no free slot) the process id serves as the slot and
+    no file is held.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return os.getpid(), None
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for slot in range(_MAX_SLOTS):
+        fd = os.open(folder / f"slot-{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        return slot, fd
+    return os.getpid(), None
+
+
+# This process's slot, claimed on its first automatic CUDA placement.
+_slot: int | None = None
+_slot_fd: int | None = None
+
+
+def _process_slot() -> int:
+    global _slot, _slot_fd
+    if _slot is None:
+        uid = os.getuid() if hasattr(os, "getuid") else 0
+        _slot, _slot_fd = claim_slot(Path(tempfile.gettempdir()) / f"handles-gpu-slots-{uid}")
+    return _slot
+
+
+def _forget_slot_in_child() -> None:
+    # A forked child shares the parent's lock; it claims its own slot, and drops
+    # its copy so the parent's slot frees when the parent ends.
+    global _slot, _slot_fd
+    if _slot_fd is not None:
+        os.close(_slot_fd)
+    _slot, _slot_fd = None, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_slot_in_child)
+
+
+# -- closing ------------------------------------------------------------------
+
+
+def release_module(module: Any) -> None:
+    """Empty a module's parameters and buffers in place, then free cached GPU memory.
+
+    The module is unusable afterwards (like a closed connection). Emptying in
+    place, rather than dropping a reference, frees the memory even when a caller
+    or a framework object still points at the module.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:  # nothing built by torch can exist in this process
+        return
+    if isinstance(module, torch.nn.Module):
+        with torch.no_grad():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+    empty_cuda_cache()
+
+
+def empty_cuda_cache() -> None:
+    """Return cached, unused CUDA blocks to the driver, if CUDA was ever used here."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

@@ -1,0 +1,252 @@
+"""HFPipelineSpec: a transformers pipeline, loaded once per worker process.
+
+    spec = HFPipelineSpec(task="text-classification", model="/models/sentiment", device="auto")
+    spec.get()(["a fine film"])
+
+`model` (and `tokenizer`) is a local directory written by `save_pretrained`, or a
+hub id that transformers resolves (from the local cache when `HF_HUB_OFFLINE=1`).
+`trust_remote_code` stays off unless the spec sets it.
+
+Identity: task, model, tokenizer, revision, dtype, pipeline kwargs and, for
+local directories, a fingerprint of their files (config.json as canonical JSON
+without the transformers version that saved it; every other file by SHA-256),
+so retrained weights at the same path move `cache_key()`. Digests are cached
+per file version (path, size, mtime, ctime, inode) in each process; files in a hub
+cache are known by their blob name and never read. The device is placement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from collections.abc import Callable
+from os import PathLike, fspath
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, JsonValue, field_validator
+
+from handles._fields import Identity, Placement
+from handles._keys import digest
+from handles._optional import require
+from handles._spec import Spec
+from handles.exceptions import SpecError
+from handles.specs._device import (
+    check_device,
+    check_dtype,
+    release_module,
+    resolve_device,
+    to_torch_dtype,
+)
+
+if TYPE_CHECKING:
+    from transformers import Pipeline
+
+__all__ = ["HFPipelineSpec", "dir_fingerprint", "file_digest"]
+
+KIND = "HFPipelineSpec"
+
+# pipeline() arguments the spec owns as fields (or refuses), never via pipeline_kwargs.
+_OWN_ARGUMENTS = {
+    "task": "task",
+    "model": "model",
+    "tokenizer": "tokenizer",
+    "revision": "revision",
+    "dtype": "dtype",
+    "torch_dtype": "dtype",
+    "device": "device",
+    "device_map": "device",
+    "trust_remote_code": "trust_remote_code",
+}
+# save_pretrained writes these into config.json; they do not change the model.
+_VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "_commit_hash")
+_BLOB_NAME = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def _fspath(value: Any) -> Any:
+    return fspath(value) if isinstance(value, PathLike) else value
+
+
+class HFPipelineSpec(Spec["Pipeline"]):
+    """A `transformers.pipeline(task, model, ...)`; `get()` returns the live Pipeline."""
+
+    kind: Literal["hf-pipeline"] = "hf-pipeline"
+
+    task: Annotated[str, Identity]
+    model: Annotated[str, Identity, BeforeValidator(_fspath)]
+    """A directory written by save_pretrained, or a hub id."""
+    tokenizer: Annotated[str | None, Identity, BeforeValidator(_fspath)] = None
+    """Defaults to the model's own tokenizer."""
+    revision: Annotated[str | None, Identity] = None
+    """Hub revision (pin a commit hash for exact identity); ignored for directories."""
+    dtype: Annotated[str, Identity] = "auto"
+    """'auto' keeps the dtype in the model's config."""
+    trust_remote_code: Annotated[bool, Identity] = False
+    pipeline_kwargs: Annotated[dict[str, JsonValue], Identity] = Field(default_factory=dict)
+    """Further JSON keyword arguments for `transformers.pipeline()`, e.g. {"top_k": 2}."""
+    device: Annotated[str, Placement] = "auto"
+
+    @field_validator("task", "model")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype_is_known(cls, value: str) -> str:
+        checked = check_dtype(value, extra=("auto",))
+        assert checked is not None
+        return checked
+
+    @field_validator("device")
+    @classmethod
+    def _device_is_known(cls, value: str) -> str:
+        return check_device(value)
+
+    @field_validator("pipeline_kwargs")
+    @classmethod
+    def _no_field_in_kwargs(cls, kwargs: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        for name in sorted(kwargs):
+            field = _OWN_ARGUMENTS.get(name)
+            if field is not None:
+                raise ValueError(
+                    f"{name!r} is set with the spec's own field {field}=, not in pipeline_kwargs"
+                )
+        return kwargs
+
+    def fingerprint(self) -> Any:
+        """The files behind local `model`/`tokenizer` directories (None for hub ids)."""
+        found = {
+            name: dir_fingerprint(Path(value))
+            for name, value in (("model", self.model), ("tokenizer", self.tokenizer))
+            if value is not None and Path(value).is_dir()
+        }
+        return found or None
+
+    # -- build and close ------------------------------------------------------
+
+    def build(self) -> Pipeline:
+        transformers = require("transformers", "hf", kind=KIND)
+        require("torch", "hf", kind=KIND)
+        _check_task(transformers, self.task)
+        _check_local(self.model, "model", need_config=True)
+        if self.tokenizer is not None:
+            _check_local(self.tokenizer, "tokenizer", need_config=False)
+        device = resolve_device(self.device, KIND)
+        dtype = self.dtype if self.dtype == "auto" else to_torch_dtype(self.dtype)
+        pipe: Pipeline = transformers.pipeline(
+            task=self.task,
+            model=self.model,
+            tokenizer=self.tokenizer,
+            revision=self.revision,
+            dtype=dtype,
+            device=device,
+            trust_remote_code=self.trust_remote_code,
+            **self.pipeline_kwargs,
+        )
+        return pipe
+
+    def teardown(self, value: Pipeline) -> None:
+        release_module(getattr(value, "model", None))
+
+
+def _check_task(transformers: ModuleType, task: str) -> None:
+    try:
+        transformers.pipelines.check_task(task)
+    except KeyError:
+        known = ", ".join(sorted(transformers.pipelines.get_supported_tasks()))
+        raise SpecError.one(
+            KIND,
+            "task",
+            f"unknown task {task!r} for transformers {transformers.__version__}; "
+            f"known tasks: {known}",
+        ) from None
+
+
+def _check_local(value: str, field: str, *, need_config: bool) -> None:
+    """A value that names a local path must be a usable directory (hub ids pass)."""
+    path = Path(value).expanduser()
+    looks_local = path.is_absolute() or value.startswith((".", "~")) or path.exists()
+    if not looks_local:
+        return
+    if not path.exists():
+        raise SpecError.one(KIND, field, f"no such directory: {value}")
+    if not path.is_dir():
+        raise SpecError.one(
+            KIND, field, f"{value} is a file; give the directory save_pretrained wrote"
+        )
+    if need_config and not (path / "config.json").is_file():
+        raise SpecError.one(
+            KIND, field, f"{value} has no config.json: not a directory written by save_pretrained"
+        )
+
+
+# -- fingerprints -------------------------------------------------------------
+
+
+def dir_fingerprint(folder: Path) -> dict[str, str]:
+    """Digest per file directly in `folder` (hidden files skipped)."""
+    result = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        read = _config_digest if path.name == "config.json" else _content_digest
+        result[path.name] = _once_per_version(path, read)
+    return result
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's content, computed once per file version in this process."""
+    return _once_per_version(path, _content_digest)
+
+
+_digests: dict[tuple[str, str, int, int, int, int], str] = {}
+_digests_lock = threading.Lock()
+
+
+def _once_per_version(path: Path, read: Callable[[Path], str]) -> str:
+    resolved = path.resolve()
+    if resolved.parent.name == "blobs" and _BLOB_NAME.fullmatch(resolved.name):
+        return resolved.name  # a hub cache blob is named by its content hash
+    stat = resolved.stat()
+    # ctime too: copying with copy2 can restore an old mtime, but never a ctime.
+    version = (
+        read.__name__,
+        str(resolved),
+        stat.st_size,
+        stat.st_mtime_ns,
+        stat.st_ctime_ns,
+        stat.st_ino,
+    )
+    with _digests_lock:
+        known = _digests.get(version)
+    if known is None:
+        known = read(resolved)  # outside the lock: hashing a large file takes a while
+        with _digests_lock:
+            _digests[version] = known
+    return known
+
+
+def _content_digest(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _config_digest(path: Path) -> str:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return _content_digest(path)  # the build will report what is wrong with it
+    if not isinstance(config, dict):
+        return _content_digest(path)
+    for key in _VOLATILE_CONFIG_KEYS:
+        config.pop(key, None)
+    try:
+        return digest(config)
+    except ValueError:  # NaN or infinity in the config: no canonical form, use the bytes
+        return _content_digest(path)

@@ -1,0 +1,386 @@
+"""TorchModelSpec: a torch.nn.Module described as data, loaded once per worker process.
+
+The spec holds no code. It names either a factory that your code registered::
+
+    from handles.specs.torch import model_factory
+
+    @model_factory("tiny-mlp")
+    def tiny_mlp(in_features: int, out_features: int) -> torch.nn.Module: ...
+
+    spec = TorchModelSpec(factory="tiny-mlp", kwargs={"in_features": 8, "out_features": 2},
+                          weights="tiny.safetensors", device="auto")
+
+or a TorchScript / torch.export archive (`archive="model.pt2"`). A spec read from
+untrusted JSON can therefore only call factories the process registered: an
+unknown name is a SpecError listing the registered ones, never an import.
+
+Weights: safetensors (preferred), or a `torch.save` checkpoint only when the
+spec says `allow_pickle_weights=True`, and then read with
+`torch.load(weights_only=True)`, which refuses anything but tensors and plain
+containers. The module is put in `eval()` mode unless `eval_mode=False`.
+
+Devices and the multi-GPU policy are described in `handles.specs._device`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import threading
+import zipfile
+from collections.abc import Callable, Mapping
+from os import PathLike, fspath
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    BeforeValidator,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from handles._fields import Identity, Placement
+from handles._optional import require
+from handles._spec import Spec
+from handles.exceptions import SpecError
+from handles.specs._device import (
+    check_device,
+    check_dtype,
+    release_module,
+    resolve_device,
+    to_torch_dtype,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["TorchModelSpec", "model_factory", "registered_factories"]
+
+KIND = "TorchModelSpec"
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Suffixes of torch.save/pickle checkpoints: refused at construction without the opt-in.
+_PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
+
+# -- the factory registry -----------------------------------------------------
+
+_factories: dict[str, Callable[..., Any]] = {}
+_factories_lock = threading.Lock()
+
+
+def model_factory(name: str, *, clobber: bool = False) -> Callable[[F], F]:
+    """Register the decorated function as the model factory `name`.
+
+    Registering another function under a taken name needs `clobber=True`; the
+    same function registered again (a module imported twice) is accepted.
+    """
+    if not name or not name.strip():
+        raise ValueError("a model factory needs a non-empty name")
+
+    def register(fn: F) -> F:
+        with _factories_lock:
+            current = _factories.get(name)
+            if current is not None and not clobber and _where(current) != _where(fn):
+                raise ValueError(
+                    f"model factory {name!r} is already registered to {_where(current)}; "
+                    "pass clobber=True to replace it"
+                )
+            _factories[name] = fn
+        return fn
+
+    return register
+
+
+def registered_factories() -> Mapping[str, Callable[..., Any]]:
+    """Every registered model factory by name (read-only)."""
+    with _factories_lock:
+        return MappingProxyType(dict(_factories))
+
+
+def _where(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _factory(name: str) -> Callable[..., Any]:
+    fn = _factories.get(name)
+    if fn is None:
+        known = ", ".join(sorted(_factories)) or "none"
+        raise ValueError(
+            f"no model factory named {name!r}; registered factories: {known} "
+            "(register one with @handles.specs.torch.model_factory(name))"
+        )
+    return fn
+
+
+def _check_kwargs_fit(name: str, kwargs: Mapping[str, Any]) -> None:
+    try:
+        signature = inspect.signature(_factory(name))
+    except (TypeError, ValueError):  # a builtin without a signature: let the call decide
+        return
+    try:
+        signature.bind(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"factory {name!r} does not accept these kwargs: {exc}") from None
+
+
+# -- the spec -----------------------------------------------------------------
+
+
+def _fspath(value: Any) -> Any:
+    return fspath(value) if isinstance(value, PathLike) else value
+
+
+PathStr = Annotated[str, BeforeValidator(_fspath)]
+
+
+class TorchModelSpec(Spec["torch.nn.Module"]):
+    """A torch model from a registered factory (+ weights) or an archive; `get()` returns it."""
+
+    kind: Literal["torch"] = "torch"
+
+    factory: Annotated[str | None, Identity] = None
+    """Name given to `@model_factory`; exactly one of factory and archive."""
+    kwargs: Annotated[dict[str, JsonValue], Identity] = Field(default_factory=dict)
+    """JSON data passed to the factory as keyword arguments."""
+    weights: Annotated[PathStr | None, Identity] = None
+    """State dict loaded into the factory's module: .safetensors, or a torch.save file."""
+    archive: Annotated[PathStr | None, Identity] = None
+    """A TorchScript (`torch.jit.save`) or torch.export (`torch.export.save`) file."""
+    dtype: Annotated[str | None, Identity] = None
+    """Cast the module to this floating dtype; None keeps what the module has."""
+    eval_mode: Annotated[bool, Identity] = True
+    strict: Annotated[bool, Identity] = True
+    """Weights must match the module's keys exactly (`load_state_dict(strict=...)`)."""
+    device: Annotated[str, Placement] = "auto"
+    # A permission, not content: the same file loads to the same model either way.
+    allow_pickle_weights: Annotated[bool, Placement] = False
+    """Allow torch.save checkpoints, read with `torch.load(weights_only=True)`."""
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_is_registered(cls, name: str | None) -> str | None:
+        if name is not None:
+            _factory(name)
+        return name
+
+    @field_validator("kwargs")
+    @classmethod
+    def _kwargs_are_plain_json(cls, kwargs: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        if _has_non_finite(kwargs):
+            raise ValueError("NaN and infinity have no stable JSON form; pass them another way")
+        return kwargs
+
+    @field_validator("device")
+    @classmethod
+    def _device_is_known(cls, value: str) -> str:
+        return check_device(value)
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype_is_known(cls, value: str | None) -> str | None:
+        return check_dtype(value)
+
+    @model_validator(mode="after")
+    def _fields_agree(self) -> TorchModelSpec:
+        if (self.factory is None) == (self.archive is None):
+            blamed = "factory" if self.factory is None else "archive"
+            raise _field_error(
+                blamed, "give exactly one of factory= (with kwargs/weights) or archive="
+            )
+        if self.archive is not None:
+            for name in ("weights", "kwargs"):
+                if getattr(self, name):
+                    raise _field_error(name, f"{name}= goes with factory=, not with archive=")
+        if self.factory is not None:
+            try:
+                _check_kwargs_fit(self.factory, self.kwargs)
+            except ValueError as exc:
+                raise _field_error("kwargs", str(exc)) from None
+        if (
+            self.weights is not None
+            and self.weights.lower().endswith(_PICKLE_SUFFIXES)
+            and not self.allow_pickle_weights
+        ):
+            raise _field_error("weights", _pickle_refused(self.weights))
+        return self
+
+    # -- build and close ------------------------------------------------------
+
+    def build(self) -> torch.nn.Module:
+        require("torch", "torch", kind=KIND)  # the install hint, if torch is missing
+        device = resolve_device(self.device, KIND)
+        if self.archive is not None:
+            module = _load_archive(Path(self.archive), device)
+        else:
+            module = self._from_factory()
+        if self.dtype is not None:
+            module = module.to(to_torch_dtype(self.dtype))
+        module = module.to(device)
+        if self.eval_mode:
+            _eval(module)
+        return module
+
+    def teardown(self, value: torch.nn.Module) -> None:
+        release_module(value)
+
+    def _from_factory(self) -> torch.nn.Module:
+        import torch  # present: build() required it
+
+        assert self.factory is not None
+        try:
+            fn = _factory(self.factory)  # again: an unpickled spec skipped validation
+            _check_kwargs_fit(self.factory, self.kwargs)
+        except ValueError as exc:
+            field = "kwargs" if self.factory in _factories else "factory"
+            raise SpecError.one(KIND, field, str(exc)) from None
+        module = fn(**self.kwargs)
+        if not isinstance(module, torch.nn.Module):
+            raise SpecError.one(
+                KIND,
+                "factory",
+                f"factory {self.factory!r} returned {type(module).__name__}, not a torch.nn.Module",
+            )
+        if self.weights is not None:
+            state = _read_state_dict(Path(self.weights), self.allow_pickle_weights)
+            try:
+                module.load_state_dict(state, strict=self.strict)
+            except RuntimeError as exc:
+                raise SpecError.one(
+                    KIND,
+                    "weights",
+                    f"{self.weights} does not fit the module from factory "
+                    f"{self.factory!r}: {_first_problems(exc)}",
+                ) from exc
+        return module
+
+
+def _field_error(field: str, message: str) -> ValidationError:
+    # A check across fields that blames one of them: pydantic keeps the location
+    # of a ValidationError raised in a model validator, so SpecError names the field.
+    detail = InitErrorDetails(
+        type=PydanticCustomError("value_error", "{message}", {"message": message}),
+        loc=(field,),
+        input=None,
+    )
+    return ValidationError.from_exception_data(KIND, [detail])
+
+
+# -- reading files ------------------------------------------------------------
+
+
+def _sniff(path: Path) -> str:
+    """'safetensors', 'pickle' (torch.save: zip or legacy pickle) or 'unknown', by content."""
+    with path.open("rb") as f:
+        head = f.read(9)
+    size = path.stat().st_size
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < size:
+        return "safetensors"
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return "pickle"
+    return "unknown"
+
+
+def _read_state_dict(path: Path, allow_pickle: bool) -> Mapping[str, Any]:
+    import torch
+
+    if not path.is_file():
+        raise SpecError.one(KIND, "weights", f"no such file: {path}")
+    fmt = _sniff(path)
+    if fmt == "safetensors":
+        safetensors_torch = require("safetensors.torch", "torch", kind=KIND)
+        try:
+            state: Mapping[str, Any] = safetensors_torch.load_file(str(path), device="cpu")
+        except Exception as exc:
+            raise SpecError.one(
+                KIND, "weights", f"{path} is not a readable safetensors file: {exc}"
+            ) from exc
+        return state
+    if fmt == "pickle":
+        if not allow_pickle:
+            raise SpecError.one(KIND, "weights", _pickle_refused(str(path)))
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise SpecError.one(
+                KIND,
+                "weights",
+                f"torch.load(weights_only=True) refused {path}: it holds more than tensors "
+                f"({type(exc).__name__})",
+            ) from exc
+        if not isinstance(loaded, Mapping):
+            raise SpecError.one(
+                KIND, "weights", f"{path} holds a {type(loaded).__name__}, not a state dict"
+            )
+        return loaded
+    raise SpecError.one(
+        KIND, "weights", f"{path} is neither a safetensors file nor a torch.save checkpoint"
+    )
+
+
+def _load_archive(path: Path, device: torch.device) -> torch.nn.Module:
+    import torch
+
+    if not path.is_file():
+        raise SpecError.one(KIND, "archive", f"no such file: {path}")
+    names = _zip_names(path)
+    if any(n.rpartition("/")[2] == "archive_format" for n in names):
+        return torch.export.load(str(path)).module()
+    if any("/code/" in n for n in names):
+        scripted: torch.nn.Module = torch.jit.load(  # type: ignore[no-untyped-call]
+            str(path), map_location=device
+        )
+        return scripted
+    hint = (
+        " (it looks like a torch.save checkpoint: pass it as weights= with a factory)"
+        if any(n.endswith("data.pkl") for n in names)
+        else ""
+    )
+    raise SpecError.one(
+        KIND, "archive", f"{path} is not a TorchScript or torch.export archive{hint}"
+    )
+
+
+def _zip_names(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except zipfile.BadZipFile:
+        return []
+
+
+def _eval(module: torch.nn.Module) -> None:
+    # Modules from torch.export refuse eval(): they keep the mode they were exported in.
+    with contextlib.suppress(NotImplementedError):
+        module.eval()
+
+
+def _pickle_refused(path: str) -> str:
+    return (
+        f"{path} is a pickle (torch.save) checkpoint; save the state dict with "
+        "safetensors, or set allow_pickle_weights=True to read it with "
+        "torch.load(weights_only=True)"
+    )
+
+
+def _first_problems(exc: RuntimeError, limit: int = 3) -> str:
+    # torch lists every mismatched key; the first few say what is wrong.
+    lines = [line.strip().rstrip(".") for line in str(exc).splitlines()[1:] if line.strip()]
+    shown = "; ".join(lines[:limit]) or str(exc)
+    more = len(lines) - limit
+    return shown + (f" (and {more} more)" if more > 0 else "")
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, Mapping):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_non_finite(v) for v in value)
+    return False
