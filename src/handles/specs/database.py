@@ -34,9 +34,9 @@ the server's `max_connections` and warns with the arithmetic.
 
 Fork. The registry gives a forked child an empty registry, so the child builds
 its own Engine and never touches its parent's pool. An Engine carried into a
-child some other way (a global) is guarded too: a pooled connection opened in
-another process is dropped, unclosed, on checkout, and a fresh one is opened
-(SQLAlchemy's documented recipe for pools and os.fork()). `close()` disposes.
+child some other way (a global) is guarded too: in the child it gets a fresh
+pool (`dispose(close=False)`, SQLAlchemy's recipe for pools and os.fork()), and
+the parent's connections are left open and unused. `close()` disposes.
 
 URLs are passed to SQLAlchemy as written: for SQLite files prefer SqliteSpec,
 which resolves relative paths where the spec is made.
@@ -47,6 +47,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -297,23 +298,31 @@ class DatabaseSpec(Spec["Engine"]):
 
 
 def guard_against_fork(engine: Engine) -> None:
-    """Make `engine`'s pool drop, unclosed, any connection opened by another process.
+    """In a forked child, give `engine` a fresh, empty pool, leaving the parent's alone.
 
-    Closing an inherited connection in a child would end the parent's session
-    on the server; reusing it would interleave two processes on one socket.
+    Using an inherited connection would interleave two processes on one socket;
+    closing it would end the parent's session on the server. So after fork the
+    child calls `engine.dispose(close=False)`, SQLAlchemy's documented recipe,
+    and keeps the old pool referenced forever so that no garbage collection
+    closes the parent's connections from the child. Done at fork time, not at
+    checkout: `pool_pre_ping` would already have used the socket by then.
     """
-    sa = require("sqlalchemy", "sql")
+    _engines.add(engine)
 
-    def remember_pid(_dbapi_conn: Any, record: Any) -> None:
-        record.info["handles_pid"] = os.getpid()
 
-    def refuse_foreign(_dbapi_conn: Any, record: Any, proxy: Any) -> None:
-        if record.info.get("handles_pid") != os.getpid():
-            record.dbapi_connection = proxy.dbapi_connection = None
-            raise sa.exc.DisconnectionError("connection belongs to another process; reconnecting")
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+# The parent's pools, in a forked child: never used, never collected.
+_inherited_pools: list[Any] = []
 
-    sa.event.listen(engine, "connect", remember_pid)
-    sa.event.listen(engine, "checkout", refuse_foreign)
+
+def _after_fork_in_child() -> None:
+    for engine in list(_engines):
+        _inherited_pools.append(engine.pool)
+        engine.dispose(close=False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @lru_cache(maxsize=64)
