@@ -203,7 +203,7 @@ class DatabaseSpec(Spec["Engine"]):
     # -- the live object --------------------------------------------------------
 
     def build(self) -> Engine:
-        sa = require("sqlalchemy", "sql", kind=type(self).__name__)
+        sa = require("sqlalchemy", "sql", kind=self._name)
         url = self._connect_url(sa)
         size, overflow = self.pool_limits()
         try:
@@ -237,36 +237,41 @@ class DatabaseSpec(Spec["Engine"]):
         with self.get().begin() as conn:
             yield conn
 
+    @property
+    def _name(self) -> str:
+        # Errors found in build() name the class, as construction errors do.
+        return type(self).__name__
+
     def _connect_url(self, sa: Any) -> URL:
         try:
             url: URL = sa.make_url(self.url)
             dialect = url.get_dialect()
-        except sa.exc.ArgumentError as exc:
-            raise SpecError.one(self.kind, "url", f"is not a valid URL: {exc}") from None
-        except sa.exc.NoSuchModuleError:
+        except sa.exc.NoSuchModuleError:  # before ArgumentError, its base class
             raise SpecError.one(
-                self.kind,
+                self._name,
                 "url",
                 f"SQLAlchemy has no dialect+driver {url.drivername!r}; "
                 "check the spelling or install the package that provides it",
             ) from None
+        except sa.exc.ArgumentError as exc:
+            raise SpecError.one(self._name, "url", f"is not a valid URL: {exc}") from None
         if dialect.is_async:
             raise SpecError.one(
-                self.kind,
+                self._name,
                 "url",
                 f"{url.drivername} is an asyncio driver; DatabaseSpec builds a synchronous "
                 "Engine, so use a synchronous driver (postgresql+psycopg, not +asyncpg)",
             )
         if self.password is not None:
-            url = url.set(password=self.password.resolve(self.kind, "password"))
+            url = url.set(password=self.password.resolve(self._name, "password"))
         return url
 
     def _missing_driver(self, exc: ImportError) -> Exception:
         package = (exc.name or "").split(".")[0]
         if package in _SQL_EXTRA_DRIVERS:
-            return MissingDependencyError(package, "sql", kind=type(self).__name__)
+            return MissingDependencyError(package, "sql", kind=self._name)
         return SpecError.one(
-            self.kind,
+            self._name,
             "url",
             f"needs the driver package {package or exc}, which is not installed "
             f"(pip install {package or '<driver>'})",
@@ -280,7 +285,7 @@ class DatabaseSpec(Spec["Engine"]):
         except sa.exc.DBAPIError as exc:
             detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             raise SpecError.one(
-                self.kind, "url", f"cannot connect to {mask_url_password(self.url)}: {detail}"
+                self._name, "url", f"cannot connect to {mask_url_password(self.url)}: {detail}"
             ) from exc
 
     def _warn_over_server_limit(self, conn: Connection, sa: Any) -> None:

@@ -297,6 +297,11 @@ class SqliteSpec(Spec[sqlite3.Connection]):
 
     # -- connecting -------------------------------------------------------------
 
+    @property
+    def _name(self) -> str:
+        # Errors found in build() name the class, as construction errors do.
+        return type(self).__name__
+
     def _open(self) -> sqlite3.Connection:
         """A new connection without pragmas (the Engine applies them on its "connect" event)."""
         if self.memory is not None:
@@ -325,15 +330,17 @@ class SqliteSpec(Spec[sqlite3.Connection]):
     def _open_error(self, exc: sqlite3.Error) -> SpecError:
         # sqlite says only "unable to open database file"; say which and why.
         if self.path is None:
-            return SpecError.one(self.kind, "memory", f"cannot open: {exc}")
+            return SpecError.one(self._name, "memory", f"cannot open: {exc}")
         folder = os.path.dirname(self.path)
-        if not os.path.isdir(folder):
+        if os.path.isdir(self.path):
+            reason = "it is a folder"
+        elif not os.path.isdir(folder):
             reason = f"folder {folder} does not exist"
         elif self.read_only and not os.path.exists(self.path):
             reason = "file does not exist (read_only=True never creates it)"
         else:
             reason = str(exc)
-        return SpecError.one(self.kind, "path", f"cannot open {self.path}: {reason}")
+        return SpecError.one(self._name, "path", f"cannot open {self.path}: {reason}")
 
     def _apply_pragmas(self, conn: sqlite3.Connection) -> None:
         # busy_timeout first, so the others (a journal_mode switch) can wait for locks.
@@ -347,9 +354,9 @@ class SqliteSpec(Spec[sqlite3.Connection]):
             except sqlite3.DatabaseError as exc:
                 if "not a database" in str(exc):
                     raise SpecError.one(
-                        self.kind, "path", f"{self.path} is not an SQLite database"
+                        self._name, "path", f"{self.path} is not an SQLite database"
                     ) from exc
-                raise SpecError.one(self.kind, "pragmas", f"{name}: {exc}") from exc
+                raise SpecError.one(self._name, "pragmas", f"{name}: {exc}") from exc
             if name == "journal_mode" and row is not None and row[0] != value:
                 logger.warning(
                     "%s: journal_mode is %s, not %s (the filesystem may not support it)",
