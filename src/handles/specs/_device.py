@@ -1,4 +1,4 @@
-"""Devices and dtypes shared by the model kinds (torch, hf-pipeline).
+"""Devices, dtypes and path fields shared by the model kinds (torch, hf-pipeline).
 
 Device strings
     "auto"    CUDA when `torch.cuda.is_available()`, else CPU.
@@ -30,8 +30,11 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import BeforeValidator
 
 from handles.exceptions import SpecError
 
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DTYPES",
+    "PathStr",
     "check_device",
     "check_dtype",
     "claim_slot",
@@ -66,6 +70,14 @@ _MAX_SLOTS = 4096
 
 
 # -- validation at construction (no torch import) -----------------------------
+
+
+def _fspath(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+PathStr = Annotated[str, BeforeValidator(_fspath)]
+"""A str field that also takes pathlib paths (stored, dumped and keyed as the string)."""
 
 
 def check_device(value: str) -> str:
@@ -149,29 +161,35 @@ def claim_slot(folder: Path) -> tuple[int, int | None]:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         return os.getpid(), None
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for slot in range(_MAX_SLOTS):
-        fd = os.open(folder / f"slot-{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue
-        return slot, fd
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for slot in range(_MAX_SLOTS):
+            fd = os.open(folder / f"slot-{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            return slot, fd
+    except OSError:  # an unwritable temporary directory must not stop a build
+        pass
     return os.getpid(), None
 
 
 # This process's slot, claimed on its first automatic CUDA placement.
 _slot: int | None = None
 _slot_fd: int | None = None
+_slot_lock = threading.Lock()  # two models building at once claim one slot
 
 
 def _process_slot() -> int:
     global _slot, _slot_fd
-    if _slot is None:
-        uid = os.getuid() if hasattr(os, "getuid") else 0
-        _slot, _slot_fd = claim_slot(Path(tempfile.gettempdir()) / f"handles-gpu-slots-{uid}")
-    return _slot
+    with _slot_lock:
+        if _slot is None:
+            uid = os.getuid() if hasattr(os, "getuid") else 0
+            folder = Path(tempfile.gettempdir()) / f"handles-gpu-slots-{uid}"
+            _slot, _slot_fd = claim_slot(folder)
+        return _slot
 
 
 def _forget_slot_in_child() -> None:

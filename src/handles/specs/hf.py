@@ -22,12 +22,11 @@ import json
 import re
 import threading
 from collections.abc import Callable
-from os import PathLike, fspath
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, JsonValue, field_validator
+from pydantic import Field, JsonValue, field_validator
 
 from handles._fields import Identity, Placement
 from handles._keys import digest
@@ -35,6 +34,7 @@ from handles._optional import require
 from handles._spec import Spec
 from handles.exceptions import SpecError
 from handles.specs._device import (
+    PathStr,
     check_device,
     check_dtype,
     release_module,
@@ -66,19 +66,15 @@ _VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "_commit_hash"
 _BLOB_NAME = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
-def _fspath(value: Any) -> Any:
-    return fspath(value) if isinstance(value, PathLike) else value
-
-
 class HFPipelineSpec(Spec["Pipeline"]):
     """A `transformers.pipeline(task, model, ...)`; `get()` returns the live Pipeline."""
 
     kind: Literal["hf-pipeline"] = "hf-pipeline"
 
     task: Annotated[str, Identity]
-    model: Annotated[str, Identity, BeforeValidator(_fspath)]
+    model: Annotated[PathStr, Identity]
     """A directory written by save_pretrained, or a hub id."""
-    tokenizer: Annotated[str | None, Identity, BeforeValidator(_fspath)] = None
+    tokenizer: Annotated[PathStr | None, Identity] = None
     """Defaults to the model's own tokenizer."""
     revision: Annotated[str | None, Identity] = None
     """Hub revision (pin a commit hash for exact identity); ignored for directories."""

@@ -30,13 +30,11 @@ import math
 import threading
 import zipfile
 from collections.abc import Callable, Mapping
-from os import PathLike, fspath
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import (
-    BeforeValidator,
     Field,
     JsonValue,
     ValidationError,
@@ -50,6 +48,7 @@ from handles._optional import require
 from handles._spec import Spec
 from handles.exceptions import SpecError
 from handles.specs._device import (
+    PathStr,
     check_device,
     check_dtype,
     release_module,
@@ -130,13 +129,6 @@ def _check_kwargs_fit(name: str, kwargs: Mapping[str, Any]) -> None:
 
 
 # -- the spec -----------------------------------------------------------------
-
-
-def _fspath(value: Any) -> Any:
-    return fspath(value) if isinstance(value, PathLike) else value
-
-
-PathStr = Annotated[str, BeforeValidator(_fspath)]
 
 
 class TorchModelSpec(Spec["torch.nn.Module"]):
