@@ -118,8 +118,9 @@ def _factory(name: str) -> Callable[..., Any]:
 
 
 def _check_kwargs_fit(name: str, kwargs: Mapping[str, Any]) -> None:
+    fn = _factory(name)
     try:
-        signature = inspect.signature(_factory(name))
+        signature = inspect.signature(fn)
     except (TypeError, ValueError):  # a builtin without a signature: let the call decide
         return
     try:
