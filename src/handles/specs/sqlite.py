@@ -25,8 +25,13 @@ process, threads and `engine()` included, and live until the process's registry
 closes. They are per process on purpose: the SQLite name includes the process
 id, so a forked child starts with an empty database of its own instead of
 sharing SQLite's in-process state with its parent. Shared-cache databases lock
-whole tables, so concurrent writers from several threads can see "database
-table is locked": use a file for concurrent writes.
+whole tables and never wait, so a thread reading while another writes can see
+"database table is locked": use a file for concurrent work.
+
+Concurrent writes: `transaction()` queues writers, threads on a lock and
+processes on a lock file next to the database (`<path>-lock`, left in place),
+before BEGIN IMMEDIATE. SQLite's busy timeout alone starves writers under load
+(see `transaction()`); writes made outside `transaction()` rely on it.
 
 Pragmas: the defaults make a file safe to share between threads and processes:
 WAL journal (readers never block the writer), a 5 s busy timeout (writers wait
@@ -435,6 +440,7 @@ class _WriterLock:
     def __init__(self, lock_file: str | None) -> None:
         self._thread_lock = threading.Lock()
         self._owner: int | None = None
+        self._closing = False
         self._fd = _open_lock_file(lock_file) if lock_file else None
 
     @contextmanager
@@ -451,6 +457,8 @@ class _WriterLock:
                     yield
             finally:
                 self._owner = None
+                if self._closing:
+                    self._close_fd()
 
     def _file_lock(self) -> AbstractContextManager[None]:
         if self._fd is None:
@@ -458,6 +466,16 @@ class _WriterLock:
         return _flocked(self._fd)
 
     def close(self) -> None:
+        # A writer may hold the lock (the registry closes from any thread): it
+        # then closes the descriptor itself when done, never one still in use.
+        self._closing = True
+        if self._thread_lock.acquire(blocking=False):
+            try:
+                self._close_fd()
+            finally:
+                self._thread_lock.release()
+
+    def _close_fd(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
