@@ -19,7 +19,8 @@ __version__ = "0.1.0"
 
 # Spec kinds are exported lazily: `from handles import SqliteSpec` imports only
 # that kind's module, and no kind module imports its heavy packages at import time.
-_LAZY_SPECS = {
+_LAZY = {
+    "model_factory": "handles.specs.torch",
     "DatabaseSpec": "handles.specs.database",
     "FileSpec": "handles.specs.file",
     "HFPipelineSpec": "handles.specs.hf",
@@ -30,7 +31,7 @@ _LAZY_SPECS = {
 
 
 def __getattr__(name: str) -> object:
-    module = _LAZY_SPECS.get(name)
+    module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'handles' has no attribute {name!r}")
     import importlib
@@ -41,7 +42,7 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_SPECS))
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "TorchModelSpec",
     "known_kinds",
     "load_kind",
+    "model_factory",
     "override",
     "register_kind",
     "registry",
