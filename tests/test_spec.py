@@ -171,3 +171,15 @@ def test_a_kind_without_build_says_so():
 
     with pytest.raises(handles.BuildError, match="does not define build"):
         NoBuild().get()
+
+
+def test_validation_through_model_validate_names_the_field_once():
+    for attempt in (
+        lambda: Configured.model_validate({"name": 3}),
+        lambda: Configured.model_validate_json('{"name": 3}'),
+        lambda: handles.spec_from_json('{"kind": "test-configured", "name": 3}'),
+    ):
+        with pytest.raises(SpecError) as info:
+            attempt()
+        assert info.value.problems == [("name", "Input should be a valid string")]
+        assert str(info.value) == "Configured.name: Input should be a valid string"

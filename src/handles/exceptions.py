@@ -46,8 +46,14 @@ class SpecError(HandlesError, ValueError):
 
     @classmethod
     def from_validation(cls, kind: str, exc: ValidationError) -> SpecError:
-        problems = []
+        problems: list[tuple[str, str]] = []
         for err in exc.errors(include_input=False, include_url=False):
+            inner = err.get("ctx", {}).get("error")
+            if isinstance(inner, SpecError):
+                # Raised by a spec's own __init__, which pydantic runs inside
+                # model_validate: keep its problems rather than wrapping them.
+                problems.extend(inner.problems)
+                continue
             field = ".".join(str(part) for part in err["loc"])
             message = err["msg"]
             # pydantic prefixes messages of ValueErrors raised in validators.
