@@ -156,6 +156,7 @@ def test_installed_package_by_name():
     nlp = spec.get()
     assert "ner" in nlp.pipe_names
     assert "parser" not in nlp.component_names
+    assert nlp.disabled == meta["disabled"], "the package's own disabled list still applies"
     assert any(label == "PERSON" for _, label in entities(nlp, "Ada Lovelace lived in London."))
 
 

@@ -160,14 +160,13 @@ class SpacySpec(Spec["Language"]):
     def build(self) -> Language:
         spacy = require("spacy", "spacy", kind=KIND)
         self._check_components(self.meta())
-        # Only pass what was asked: spaCy's defaults keep the pipeline's own
-        # disabled list (en_core_web_sm ships with senter disabled).
-        options: dict[str, Any] = {}
-        if self.disable:
-            options["disable"] = list(self.disable)
-        if self.exclude:
-            options["exclude"] = list(self.exclude)
-        nlp: Language = spacy.load(self.name if self.name is not None else self.path, **options)
+        # spaCy adds `disable` to the pipeline's own disabled list (en_core_web_sm
+        # ships with senter disabled), so an empty one changes nothing.
+        nlp: Language = spacy.load(
+            self.name if self.name is not None else self.path,
+            disable=list(self.disable),
+            exclude=list(self.exclude),
+        )
         if self.batch_size is not None:
             nlp.batch_size = self.batch_size
         return nlp
