@@ -1,4 +1,4 @@
-"""Every Python block in README.md and docs/ runs, and the README demo runs.
+"""Every Python block in README.md and docs/ (subfolders too) runs, and the README demo runs.
 
 Blocks of one page share a namespace and run in order, in a fresh working directory.
 Blocks that include a file (`--8<--`) come from examples/, which run on their own.
@@ -15,25 +15,32 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = ROOT / "docs"
+PAGES = [ROOT / "README.md", *sorted(DOCS.glob("**/*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def page_id(page: Path) -> str:
+    """README.md, index.md, kinds/sqlite.md: pages in docs/ by their path there."""
+    return page.relative_to(DOCS if page.is_relative_to(DOCS) else ROOT).as_posix()
 
 
 def python_blocks(page: Path) -> list[str]:
     return [b for b in BLOCK.findall(page.read_text(encoding="utf-8")) if "--8<--" not in b]
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+@pytest.mark.parametrize("page", PAGES, ids=[page_id(p) for p in PAGES])
 def test_page_code_runs(page, tmp_path, monkeypatch):
     blocks = python_blocks(page)
     if not blocks:
-        pytest.skip(f"{page.name} has no Python blocks of its own")
+        pytest.skip(f"{page_id(page)} has no Python blocks of its own")
     monkeypatch.chdir(tmp_path)
     # A real module, as a user's file would be (pydantic generics look their module up).
-    module = types.ModuleType(f"docs_{page.stem.replace('-', '_')}")
+    name = page_id(page).removesuffix(".md").replace("/", "_").replace("-", "_")
+    module = types.ModuleType(f"docs_{name}")
     monkeypatch.setitem(sys.modules, module.__name__, module)
     for number, block in enumerate(blocks, 1):
-        code = compile(block, f"{page.name} block {number}", "exec")
+        code = compile(block, f"{page_id(page)} block {number}", "exec")
         exec(code, module.__dict__)
 
 
