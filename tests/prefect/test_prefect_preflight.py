@@ -240,3 +240,12 @@ def test_bad_configuration_is_refused():
         preflight(use_lock, mode="ignore")
     with pytest.raises(TypeError, match="above @task"):
         preflight(lambda x: x)
+
+
+def test_a_checked_task_survives_pickling():
+    """Process pools may pickle the wrapper along with a task defined in __main__."""
+    cloudpickle = pytest.importorskip("cloudpickle")
+    copy = cloudpickle.loads(cloudpickle.dumps(preflight(use_lock, mode="warn")))
+    assert copy.mode == "warn"
+    assert copy.name == use_lock.name
+    assert copy.check((threading.Lock(), "m"), {}, "delay")

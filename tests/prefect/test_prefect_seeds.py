@@ -39,16 +39,12 @@ def items_db(tmp_path):
     return path
 
 
-@pytest.mark.parametrize(
-    "runner",
-    [lambda: ThreadPoolTaskRunner(max_workers=4), lambda: ProcessPoolTaskRunner(max_workers=2)],
-    ids=["threads", "processes"],
-)
-def test_sqlite_queried_from_many_submitted_tasks(items_db, runner):
+def test_sqlite_queried_from_many_submitted_tasks(items_db):
     sqlite_kind = pytest.importorskip("handles.specs.sqlite", reason="SqliteSpec has not landed")
     db = sqlite_kind.SqliteSpec(path=str(items_db), read_only=True)
     thresholds = list(range(0, 100, 8))  # 13 tasks
-    state = query_many.with_options(task_runner=runner())(db, thresholds, return_state=True)
+    runner = ThreadPoolTaskRunner(max_workers=4)  # process pools: see test_prefect_runners
+    state = query_many.with_options(task_runner=runner)(db, thresholds, return_state=True)
     assert state.is_completed(), state
     results = state.result()
 

@@ -287,6 +287,10 @@ class PreflightTask:
         functools.update_wrapper(self, task.fn)
 
     def __getattr__(self, name: str) -> Any:
+        # Only reached for names this wrapper lacks. While unpickling, `task`
+        # itself is not set yet: answering from it would recurse forever.
+        if name == "task" or name.startswith("__"):
+            raise AttributeError(name)
         return getattr(self.task, name)
 
     def __repr__(self) -> str:
