@@ -1,0 +1,119 @@
+"""Specs as Prefect task inputs: a sqlite database and a spaCy pipeline on a process pool.
+
+    python examples/prefect_specs.py
+
+- tasks take `SqliteSpec` and `SpacySpec` and call `.get()`: each worker process
+  opens the database and loads the pipeline once, whatever the number of tasks;
+- `warm_up` loads the pipeline in each worker before its first task;
+- `SPEC_INPUTS + TASK_SOURCE` keys the cache by the specs' identity, so a second
+  run is served from the cache;
+- `preflight` refuses a live sqlite3 connection before submission and says which
+  spec to pass instead.
+
+Prefect starts a temporary server for the run (15-20 s); the demo keeps its
+database and results in a temporary PREFECT_HOME.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+from pathlib import Path
+
+HOME = tempfile.mkdtemp(prefix="handles-prefect-demo-")
+os.environ.setdefault("PREFECT_HOME", HOME)
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+# Imported after the environment above: Prefect reads its settings at import.
+from prefect.cache_policies import TASK_SOURCE  # noqa: E402
+from prefect.task_runners import ProcessPoolTaskRunner  # noqa: E402
+
+import handles  # noqa: E402
+from handles import SpacySpec, SqliteSpec  # noqa: E402
+from handles.integrations.prefect import (  # noqa: E402
+    SPEC_INPUTS,
+    PreflightError,
+    preflight,
+    warm_up,
+)
+from prefect import flow, task  # noqa: E402
+
+TEXTS = [
+    "Ada Lovelace met Charles Babbage in London.",
+    "Grace Hopper worked on the Harvard Mark I.",
+    "Ada Lovelace wrote the first program.",
+    "Alan Turing visited London and Manchester.",
+]
+
+
+@preflight
+@task(cache_policy=SPEC_INPUTS + TASK_SOURCE, persist_result=True)
+def known_people(db: SqliteSpec, nlp: SpacySpec, text: str) -> dict[str, object]:
+    """People the pipeline finds in `text` that the database knows."""
+    names = [ent.text for ent in nlp.get()(text).ents if ent.label_ == "PERSON"]
+    conn = db.get()
+    known = [
+        n for n in names if conn.execute("select 1 from people where name = ?", (n,)).fetchone()
+    ]
+    stats = handles.registry().stats()[nlp.cache_key()]
+    return {"text": text, "known": known, "pid": os.getpid(), "loads": stats.builds}
+
+
+def make_flow(nlp: SpacySpec):
+    runner = ProcessPoolTaskRunner(max_workers=2, initializer=warm_up, initargs=(nlp,))
+
+    @flow(task_runner=runner)
+    def tag_people(db: SqliteSpec, nlp: SpacySpec, texts: list[str]) -> list[dict[str, object]]:
+        futures = [known_people.submit(db, nlp, text) for text in texts]
+        return [{**future.result(), "state": future.state.name} for future in futures]
+
+    return tag_people
+
+
+def build_inputs(folder: Path) -> tuple[SqliteSpec, SpacySpec]:
+    import spacy
+
+    with sqlite3.connect(folder / "people.db") as conn:
+        conn.execute("create table people (name text primary key)")
+        conn.executemany("insert into people values (?)", [("Ada Lovelace",), ("Alan Turing",)])
+    conn.close()
+    nlp = spacy.blank("en")
+    ruler = nlp.add_pipe("entity_ruler")
+    people = ["Ada Lovelace", "Charles Babbage", "Grace Hopper", "Alan Turing"]
+    ruler.add_patterns([{"label": "PERSON", "pattern": p} for p in people])  # type: ignore[attr-defined]
+    nlp.meta["name"] = "demo_people"
+    nlp.to_disk(folder / "people-ner")
+    return SqliteSpec(path=str(folder / "people.db")), SpacySpec(path=str(folder / "people-ner"))
+
+
+def main() -> None:
+    folder = Path(HOME)
+    db, nlp = build_inputs(folder)
+    tag_people = make_flow(nlp)
+
+    first = tag_people(db, nlp, TEXTS)
+    for row in first:
+        print(f"{row['text']!r}: {row['known']} (pid {row['pid']}, loads {row['loads']})")
+    assert {row["loads"] for row in first} == {1}, "one load per worker process"
+
+    again = tag_people(db, nlp, TEXTS)
+    print(f"second run, task states: {sorted({row['state'] for row in again})}")
+    assert [row["known"] for row in again] == [row["known"] for row in first]
+
+    @flow
+    def with_a_live_connection() -> None:
+        conn = sqlite3.connect(folder / "people.db")
+        try:
+            known_people.submit(conn, nlp, TEXTS[0])
+        finally:
+            conn.close()
+
+    try:
+        with_a_live_connection()
+    except PreflightError as exc:
+        print(f"preflight refused it:\n{exc}")
+
+
+if __name__ == "__main__":
+    main()
