@@ -197,16 +197,22 @@ def describe(db: EchoSpec, others: list[AnySpec], n: int = 1) -> dict[str, Any]:
 
 
 @task(persist_result=True, result_serializer="json")  # readable bytes: a leak would show
-def open_vault(vault: VaultSpec) -> str:
+def open_resource(spec: Spec[Any]) -> str:
+    """Build the spec (reading its secret) and use it; logs the spec as users do."""
     from prefect.logging import get_run_logger
 
-    get_run_logger().info("opening %r (%s)", vault, vault.model_dump_json())
-    return vault.get().name
+    get_run_logger().info("opening %r (%s)", spec, spec.model_dump_json())
+    value = spec.get()
+    if hasattr(value, "connect"):  # a SQLAlchemy Engine
+        with value.connect() as conn:
+            conn.exec_driver_sql("select 1")
+        return f"{spec.kind}:connected"
+    return str(value.name)
 
 
 @flow
-def vault_flow(vault: VaultSpec) -> str:
-    return open_vault(vault)
+def secret_flow(spec: AnySpec) -> str:
+    return open_resource(spec)
 
 
 # -- reading what Prefect stored ----------------------------------------------------
