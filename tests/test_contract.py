@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import pickle
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 import handles
 from handles import BuildError, Spec
 from support.cases import KindCase, all_cases
+from support.forking import run_in_fork
 
 CASES = all_cases()
 
@@ -62,10 +62,11 @@ def test_dump_is_canonical(spec):
     assert spec.replace().model_dump_json() == spec.model_dump_json()
 
 
-def test_key_is_equal_across_processes_and_hash_seeds(spec, subprocess_env):
+def test_key_is_equal_across_processes_and_hash_seeds(case, spec, subprocess_env):
+    modules = [type(spec).__module__, *case.setup_modules]  # test kinds are not in the table
     script = (
         "import sys, json, importlib, handles\n"
-        f"importlib.import_module({type(spec).__module__!r})\n"  # test kinds are not in the table
+        f"for name in {modules!r}: importlib.import_module(name)\n"
         "s = handles.spec_from_json(sys.stdin.read())\n"
         "print(json.dumps([s.cache_key(), s.model_dump_json()]))\n"
     )
@@ -173,28 +174,17 @@ def test_failing_build_reaches_every_waiter(case, tmp_path):
     assert broken not in handles.registry()
 
 
-def _child_after_fork(spec: Spec[Any], parent_obj: Any, conn: Any) -> None:
-    try:
-        before = handles.registry().stats()
-        obj = spec.get()
-        stats = handles.registry().stats()[spec.cache_key()]
-        conn.send((len(before), obj is not parent_obj, stats.builds))
-    except BaseException as exc:
-        conn.send(repr(exc))
-    finally:
-        conn.close()
+def _child_after_fork(spec: Spec[Any], parent_obj: Any) -> tuple[int, bool, int]:
+    before = handles.registry().stats()
+    obj = spec.get()
+    stats = handles.registry().stats()[spec.cache_key()]
+    return len(before), obj is not parent_obj, stats.builds
 
 
 def test_fork_child_builds_its_own(case, spec):
     parent_obj = spec.get()
-    ctx = multiprocessing.get_context("fork")
-    here, there = ctx.Pipe()
-    child = ctx.Process(target=_child_after_fork, args=(spec, parent_obj, there))
-    child.start()
-    result = here.recv()
-    child.join(timeout=60)
-    assert child.exitcode == 0
-    assert result == (0, True, 1), result
+    result = run_in_fork(_child_after_fork, spec, parent_obj)
+    assert result == (0, True, 1), "the child starts empty and builds its own"
     assert spec.get() is parent_obj
     case.alive(parent_obj)
     stats = stats_of(spec)

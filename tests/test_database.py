@@ -27,6 +27,7 @@ from sqlalchemy import Engine, text
 import handles
 from handles import DatabaseSpec, SpecError
 from support.cases_sql import postgres_url, tagged
+from support.forking import run_in_fork
 
 SECRET = "s3cret-Pa55"
 
@@ -232,16 +233,13 @@ def test_postgres_four_workers_stay_within_the_budget(monitor, pg_table):
     assert unbudgeted["exitcodes"] == [0] * WORKERS
 
 
-def _child_after_fork(spec: DatabaseSpec, inherited: Engine, out: Any) -> None:
-    try:
-        own = spec.get()
-        with own.connect() as conn:
-            own_pid = conn.execute(text("select pg_backend_pid()")).scalar_one()
-        with inherited.connect() as conn:  # a global carried over fork
-            inherited_pid = conn.execute(text("select pg_backend_pid()")).scalar_one()
-        out.send((own is not inherited, own_pid, inherited_pid))
-    except BaseException as exc:
-        out.send(repr(exc))
+def _child_after_fork(spec: DatabaseSpec, inherited: Engine) -> tuple[bool, int, int]:
+    own = spec.get()
+    with own.connect() as conn:
+        own_pid = conn.execute(text("select pg_backend_pid()")).scalar_one()
+    with inherited.connect() as conn:  # a global carried over fork
+        inherited_pid = conn.execute(text("select pg_backend_pid()")).scalar_one()
+    return own is not inherited, own_pid, inherited_pid
 
 
 def test_postgres_fork_child_never_touches_the_parents_pool():
@@ -249,14 +247,7 @@ def test_postgres_fork_child_never_touches_the_parents_pool():
     engine = spec.get()
     with engine.connect() as conn:
         parent_pid = conn.execute(text("select pg_backend_pid()")).scalar_one()
-    ctx = multiprocessing.get_context("fork")
-    here, there = ctx.Pipe()
-    child = ctx.Process(target=_child_after_fork, args=(spec, engine, there))
-    child.start()
-    result = here.recv()
-    child.join(timeout=60)
-    assert child.exitcode == 0
-    assert isinstance(result, tuple), result
+    result = run_in_fork(_child_after_fork, spec, engine)
     separate, own_pid, inherited_pid = result
     assert separate
     assert parent_pid not in (own_pid, inherited_pid)

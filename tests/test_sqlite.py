@@ -11,11 +11,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import handles
 from handles import SqliteSpec
+from support.forking import run_in_fork
 
 
 def test_relative_path_resolves_where_the_spec_is_made(tmp_path, monkeypatch):
@@ -242,19 +244,16 @@ def test_engine_on_a_memory_database_sees_the_threads_data():
         assert conn.execute(text("select x from t")).scalar_one() == 7
 
 
-def _child_uses_engines(spec: SqliteSpec, inherited: object, out: object) -> None:
+def _child_uses_engines(spec: SqliteSpec, inherited: Any) -> bool:
     from sqlalchemy import text
 
-    try:
-        own = spec.engine()
-        with own.begin() as conn:
-            conn.execute(text("insert into t values ('child')"))
-        # An engine carried over from the parent drops the parent's connections.
-        with inherited.begin() as conn:  # type: ignore[attr-defined]
-            conn.execute(text("insert into t values ('child via inherited')"))
-        out.send(own is not inherited)  # type: ignore[attr-defined]
-    except BaseException as exc:
-        out.send(repr(exc))  # type: ignore[attr-defined]
+    own = spec.engine()
+    with own.begin() as conn:
+        conn.execute(text("insert into t values ('child')"))
+    # An engine carried over from the parent drops the parent's connections.
+    with inherited.begin() as conn:
+        conn.execute(text("insert into t values ('child via inherited')"))
+    return own is not inherited
 
 
 def test_forked_child_builds_its_own_engine(tmp_path):
@@ -265,13 +264,7 @@ def test_forked_child_builds_its_own_engine(tmp_path):
     with engine.begin() as conn:
         conn.execute(text("create table t (x)"))
         conn.execute(text("insert into t values ('parent')"))
-    ctx = multiprocessing.get_context("fork")
-    here, there = ctx.Pipe()
-    child = ctx.Process(target=_child_uses_engines, args=(spec, engine, there))
-    child.start()
-    assert here.recv() is True
-    child.join(timeout=60)
-    assert child.exitcode == 0
+    assert run_in_fork(_child_uses_engines, spec, engine) is True
     with engine.connect() as conn:
         rows = conn.execute(text("select x from t order by rowid")).scalars().all()
     assert rows == ["parent", "child", "child via inherited"]

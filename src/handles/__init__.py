@@ -8,12 +8,22 @@ Importing handles imports no optional package (torch, spaCy, transformers,
 SQLAlchemy, fsspec, Prefect, Dask): each kind imports what it needs in build().
 """
 
+from typing import TYPE_CHECKING
+
 from handles._fields import Identity, Placement
 from handles._kinds import known_kinds, load_kind, register_kind, spec_from_json
 from handles._registry import KeyStats, Registry, override, registry
 from handles._secrets import SecretRef
 from handles._spec import Scope, Spec
 from handles.exceptions import BuildError, HandlesError, MissingDependencyError, SpecError
+
+if TYPE_CHECKING:  # what the lazy exports below resolve to, for type checkers
+    from handles.specs.database import DatabaseSpec
+    from handles.specs.file import FileSpec
+    from handles.specs.hf import HFPipelineSpec
+    from handles.specs.spacy import SpacySpec
+    from handles.specs.sqlite import SqliteSpec
+    from handles.specs.torch import TorchModelSpec, model_factory
 
 __version__ = "0.1.0"
 

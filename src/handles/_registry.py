@@ -368,12 +368,16 @@ class Registry:
             return len(self._entries) + sum(len(e) for e, _ in self._threads.values())
 
     def __contains__(self, spec: object) -> bool:
-        key = getattr(spec, "_instance_key", None)
-        if key is None:
+        instance_key = getattr(spec, "_instance_key", None)
+        if instance_key is None:
+            return False
+        try:
+            key = instance_key()
+        except HandlesError:  # a spec whose key cannot be computed was never built
             return False
         if getattr(spec, "scope", None) == "thread":
-            return key() in self._thread_entries()
-        return key() in self._entries
+            return key in self._thread_entries()
+        return key in self._entries
 
     def __repr__(self) -> str:
         return f"<Registry pid={os.getpid()} live={len(self)} max_entries={self._max_entries}>"

@@ -142,10 +142,12 @@ class Spec(BaseModel, Generic[T]):
             close()
 
     def fingerprint(self) -> Any:
-        """JSON data describing the content behind the spec, or None.
+        """JSON data describing the content behind the spec, or None; part of `cache_key()`.
 
-        Kinds return something (checksum, ETag, size and mtime) only when the user
-        asked for content tracking; it then becomes part of `cache_key()`.
+        For content a user may change in place (a file's checksum, ETag, or size
+        and mtime), kinds return it only when the user asked for content tracking.
+        For facts that name the content (a pipeline's name and version from its
+        meta), a kind may always return them.
         """
         return None
 

@@ -28,8 +28,9 @@ class KindCase:
     alive: Callable[[Any], object] = lambda obj: obj is not None
     # Optional packages the kind needs; the case is skipped (with the reason) without them.
     requires: tuple[str, ...] = ()
-    # Build takes seconds (models): the 64-thread case uses fewer repetitions.
-    heavy: bool = False
+    # Modules a fresh process must import before it can rebuild the spec (as a user's
+    # worker imports the module that registers their torch factories).
+    setup_modules: tuple[str, ...] = ()
 
 
 def all_cases() -> list[KindCase]:

@@ -26,6 +26,5 @@ CASES = [
         broken=_broken,
         alive=lambda nlp: entities(nlp, TEXT),
         requires=("spacy",),
-        heavy=True,
     ),
 ]

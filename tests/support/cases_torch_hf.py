@@ -51,6 +51,7 @@ CASES = [
         broken=lambda tmp: TorchModelSpec(factory="tiny-mlp", weights=str(tmp / "gone.st")),
         alive=_run_mlp,
         requires=("torch", "safetensors"),
+        setup_modules=("support.tiny_models",),  # registers the "tiny-mlp" factory
     ),
     KindCase(
         name="torch-archive",
@@ -69,6 +70,5 @@ CASES = [
         broken=_hf_broken,
         alive=lambda pipe: pipe("a good film"),
         requires=("torch", "transformers"),
-        heavy=True,
     ),
 ]
