@@ -17,6 +17,8 @@
 - `warm_up`: a worker initializer that builds chosen specs before the first task.
 - `route_registry_logs`: the registry's build and eviction lines in the run logs.
 - `preflight`: checks a task's arguments before submission (see `.preflight`).
+- `AnySpec`: a flow parameter type taking any kind of spec, or its JSON as a
+  deployment sends it.
 
 Never imported by `import handles`; importing this module imports Prefect.
 """
@@ -59,8 +61,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SPEC_DEFAULT",
-    "AnySpec",
     "SPEC_INPUTS",
+    "AnySpec",
     "Finding",
     "PreflightError",
     "PreflightTask",
