@@ -16,28 +16,34 @@ database and results in a temporary PREFECT_HOME.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
 
-HOME = tempfile.mkdtemp(prefix="handles-prefect-demo-")
-os.environ.setdefault("PREFECT_HOME", HOME)
+if "PREFECT_HOME" not in os.environ:  # spawned workers inherit the parent's
+    HOME = tempfile.mkdtemp(prefix="handles-prefect-demo-")
+    os.environ["PREFECT_HOME"] = HOME
+    # Registered before Prefect is imported, so it runs after Prefect's own exit
+    # handlers have stopped the temporary server that uses this folder.
+    atexit.register(shutil.rmtree, HOME, ignore_errors=True)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 # Imported after the environment above: Prefect reads its settings at import.
-from prefect.cache_policies import TASK_SOURCE  # noqa: E402
-from prefect.task_runners import ProcessPoolTaskRunner  # noqa: E402
+from prefect.cache_policies import TASK_SOURCE
+from prefect.task_runners import ProcessPoolTaskRunner
 
-import handles  # noqa: E402
-from handles import SpacySpec, SqliteSpec  # noqa: E402
-from handles.integrations.prefect import (  # noqa: E402
+import handles
+from handles import SpacySpec, SqliteSpec
+from handles.integrations.prefect import (
     SPEC_INPUTS,
     PreflightError,
     preflight,
     warm_up,
 )
-from prefect import flow, task  # noqa: E402
+from prefect import flow, task
 
 TEXTS = [
     "Ada Lovelace met Charles Babbage in London.",
@@ -88,7 +94,11 @@ def build_inputs(folder: Path) -> tuple[SqliteSpec, SpacySpec]:
 
 
 def main() -> None:
-    folder = Path(HOME)
+    with tempfile.TemporaryDirectory(prefix="handles-prefect-data-") as folder:
+        run_demo(Path(folder))
+
+
+def run_demo(folder: Path) -> None:
     db, nlp = build_inputs(folder)
     tag_people = make_flow(nlp)
 
