@@ -225,6 +225,25 @@ def test_fallback_runs_the_other_task(tmp_path):
         assert run(str(marker)) == "fallback"
 
 
+def test_map_checks_every_element(tmp_path):
+    from prefect import unmapped
+
+    checked = preflight(use_lock)
+    marker = str(tmp_path / "ran")
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def mapped(items: list[str]) -> list[str]:
+        return checked.map(items, unmapped(marker)).result()
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def mapped_locks() -> None:
+        checked.map([threading.Lock(), "fine"], unmapped(marker))
+
+    assert mapped(["a", "b"]) == ["task", "task"]
+    with pytest.raises(PreflightError, match=r"args\[0\]\[0\]: lock"):
+        mapped_locks()
+
+
 def test_delay_needs_picklable_arguments():
     checked = preflight(use_lock)
     findings = checked.check((threading.Lock(), "m"), {}, "delay")
