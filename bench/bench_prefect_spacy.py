@@ -113,9 +113,8 @@ def make_tasks() -> None:
 
 def run_variant(label: str, first: Any, texts: list[str]) -> tuple[float, list[dict[str, Any]]]:
     """Seconds for one flow run of len(texts) tasks on a fresh 2-process pool."""
-    from prefect.task_runners import ProcessPoolTaskRunner
-
     from prefect import flow
+    from prefect.task_runners import ProcessPoolTaskRunner
 
     ner = TASKS[label]
 

@@ -32,6 +32,7 @@ if "PREFECT_HOME" not in os.environ:  # spawned workers inherit the parent's
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 # Imported after the environment above: Prefect reads its settings at import.
+from prefect import flow, task
 from prefect.cache_policies import TASK_SOURCE
 from prefect.task_runners import ProcessPoolTaskRunner
 
@@ -43,7 +44,6 @@ from handles.integrations.prefect import (
     preflight,
     warm_up,
 )
-from prefect import flow, task
 
 TEXTS = [
     "Ada Lovelace met Charles Babbage in London.",

@@ -235,3 +235,13 @@ def test_a_spec_copy_or_unpickled_spec_gets_the_same_object():
     assert copy.deepcopy(spec).get() is obj
     assert pickle.loads(pickle.dumps(spec)).get() is obj
     assert EchoSpec.model_construct(name="copies").get() is obj
+
+
+def test_explicit_evict_logs_one_line(caplog):
+    spec = EchoSpec(name="evict-logged")
+    spec.get()
+    with caplog.at_level(logging.INFO, logger="handles"):
+        handles.registry().evict(spec)
+    assert [r.getMessage() for r in caplog.records if r.name == "handles"] == [
+        f"evicted test-echo {spec.cache_key()[:12]}"
+    ]

@@ -313,6 +313,7 @@ class Registry:
                 entry = self._entries.pop(key, None)
         if entry is None:
             return False
+        logger.info("evicted %s %s", entry.spec.kind, entry.cache_key[:12])
         self._retire([entry])
         self._teardown([entry])
         return True

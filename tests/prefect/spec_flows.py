@@ -14,10 +14,11 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from prefect import flow, task
+
 import handles
 from handles import Identity, Placement, SecretRef, Spec
 from handles.integrations.prefect import AnySpec
-from prefect import flow, task
 from support.kinds import EchoSpec, Resource
 
 HERE = Path(__file__).parent

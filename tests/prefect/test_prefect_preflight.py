@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
@@ -20,7 +21,6 @@ from handles.integrations.prefect import (
     check_inputs,
     preflight,
 )
-from prefect import flow, task
 from support.kinds import EchoSpec
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
