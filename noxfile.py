@@ -68,9 +68,11 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The README's main demo."""
-    install(session, "-e", ".")
-    session.run("python", "examples/quickstart.py")
+    """The README's main demo: a Prefect flow with specs on a process pool, run twice."""
+    install(session, "-e", ".[prefect,spacy,sql]")
+    session.run(
+        "python", "examples/prefect_specs.py", env={"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    )
 
 
 @nox.session

@@ -6,6 +6,7 @@ Blocks that include a file (`--8<--`) come from examples/, which run on their ow
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def test_page_code_runs(page, tmp_path, monkeypatch):
         exec(code, module.__dict__)
 
 
-def test_readme_demo_runs():
+def test_core_quickstart_runs():
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py")],
         capture_output=True,
@@ -52,4 +53,22 @@ def test_readme_demo_runs():
         timeout=300,
         check=True,
     )
-    assert "builds=1" in out.stdout
+    assert out.stdout.count("builds=1") == 3, out.stdout  # two workers and this process
+
+
+@pytest.mark.slow
+def test_readme_main_demo_runs():
+    # The README's first quick-start command runs this script (nox -s demo).
+    pytest.importorskip("prefect")
+    pytest.importorskip("spacy")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "prefect_specs.py")],
+        capture_output=True,
+        text=True,
+        timeout=420,
+        check=True,
+        env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+    )
+    assert "second run, task states: ['Cached']" in out.stdout
+    assert "loads 1" in out.stdout
+    assert "pass SqliteSpec(path=...) instead" in out.stdout
