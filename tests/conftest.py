@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,3 +28,21 @@ def subprocess_env() -> dict[str, str]:
     paths = [str(TESTS_DIR), *[p for p in sys.path if p]]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     return env
+
+
+@pytest.fixture
+def run_python(subprocess_env: dict[str, str]) -> Callable[[str], str]:
+    """Run a script in a fresh interpreter that sees tests/; return its stdout, stripped."""
+
+    def run(script: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            env=subprocess_env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        return out.stdout.strip()
+
+    return run

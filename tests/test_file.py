@@ -13,7 +13,7 @@ import stat
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -455,7 +455,7 @@ def test_readers_see_whole_versions_while_processes_rewrite(
 
 
 def test_importing_handles_and_making_specs_does_not_import_fsspec(
-    subprocess_env: dict[str, str],
+    run_python: Callable[[str], str],
 ) -> None:
     script = (
         "import sys, handles\n"
@@ -463,15 +463,8 @@ def test_importing_handles_and_making_specs_does_not_import_fsspec(
         "s.cache_key(); s.model_dump_json()\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fsspec', 's3fs')))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    assert out.stdout.strip() == "[]"
+    out = run_python(script)
+    assert out == "[]"
 
 
 def test_closing_the_registry_drops_the_filesystem(tmp_path: Path) -> None:

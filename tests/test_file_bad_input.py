@@ -5,8 +5,6 @@ and nothing is cached."""
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -195,7 +193,7 @@ def test_first_get_raises_a_build_error_and_caches_nothing(
     assert spec not in handles.registry()
 
 
-def test_a_missing_driver_package_names_the_extra(subprocess_env: dict[str, str]) -> None:
+def test_a_missing_driver_package_names_the_extra(run_python: Callable[[str], str]) -> None:
     pytest.importorskip("fsspec")
     # A fresh interpreter where s3fs cannot be imported, as on a machine without it.
     script = (
@@ -208,15 +206,5 @@ def test_a_missing_driver_package_names_the_extra(subprocess_env: dict[str, str]
         "except handles.MissingDependencyError as exc:\n"
         "    print(type(exc).__name__, exc, spec in handles.registry(), sep='|')\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    assert (
-        out.stdout.strip()
-        == 'MissingDependencyError|FileSpec needs s3fs: pip install "handles[s3]"|False'
-    )
+    out = run_python(script)
+    assert out == 'MissingDependencyError|FileSpec needs s3fs: pip install "handles[s3]"|False'

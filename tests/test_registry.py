@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -177,7 +175,7 @@ def test_override_without_building_does_not_build():
     assert spec.cache_key() not in handles.registry().stats()
 
 
-def test_close_at_interpreter_exit_runs_newest_first(subprocess_env):
+def test_close_at_interpreter_exit_runs_newest_first(run_python):
     # atexit runs hooks last-registered first: this one, registered before handles
     # is imported, runs after handles has closed the registry.
     script = (
@@ -186,14 +184,8 @@ def test_close_at_interpreter_exit_runs_newest_first(subprocess_env):
         "from support import kinds\n"
         "kinds.EchoSpec(name='first').get(); kinds.EchoSpec(name='second').get()\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert out.stdout.strip() == "second,first"
+    out = run_python(script)
+    assert out == "second,first"
 
 
 def test_closed_objects_are_never_handed_out_again():

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -270,7 +268,7 @@ def test_forked_child_builds_its_own_engine(tmp_path):
     assert rows == ["parent", "child", "child via inherited"]
 
 
-def test_importing_and_making_specs_imports_no_sqlalchemy(subprocess_env):
+def test_importing_and_making_specs_imports_no_sqlalchemy(run_python):
     script = (
         "import sys, handles\n"
         "from handles import SqliteSpec, DatabaseSpec\n"
@@ -278,15 +276,8 @@ def test_importing_and_making_specs_imports_no_sqlalchemy(subprocess_env):
         "DatabaseSpec(url='postgresql+psycopg://u@h/db', password='env:PW')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'psycopg')))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    assert out.stdout.strip() == "[]"
+    out = run_python(script)
+    assert out == "[]"
 
 
 # -- load: 4 processes x 4 threads x 500 single-row transactions into one file ----
