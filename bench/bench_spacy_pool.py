@@ -205,6 +205,8 @@ def main() -> None:
     }
     met = {name: compare(value, GOALS[name]) for name, value in ratios.items()}
     results = {
+        "title": "Plain process pool: spaCy NER, ProcessPoolExecutor(2) spawn",
+        "command": "python bench/bench_spacy_pool.py",
         "benchmark": "spacy_pool",
         "machine": (
             f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"

@@ -23,6 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "benchmarks.md"
 CHART = ROOT / "docs" / "benchmarks.png"
+DATA = ROOT / "docs" / "benchmarks.json"  # the raw results the page is rendered from
 
 
 def run_benchmarks(only: list[str]) -> dict[str, dict[str, Any]]:
@@ -66,11 +67,15 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                 lines += [f"| {label} | {_fmt(value)} |" for label, value in body.items()]
                 lines.append("")
             else:
-                lines += [f"{section}: {body}", ""]
+                lines += [f"{section}: {_fmt(body)}", ""]
     return "\n".join(lines)
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(_fmt(v) for v in value)
     if isinstance(value, float):
         return f"{value:,.2f}" if abs(value) >= 0.01 else f"{value:.2e}"
     if isinstance(value, int):
@@ -103,8 +108,15 @@ def chart(results: dict[str, dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=[], help="benchmark names (bench_NAME.py)")
+    parser.add_argument(
+        "--render-only", action="store_true", help=f"re-render from {DATA.name}, run nothing"
+    )
     args = parser.parse_args()
-    results = run_benchmarks(args.only)
+    if args.render_only:
+        results = json.loads(DATA.read_text(encoding="utf-8"))
+    else:
+        results = run_benchmarks(args.only)
+        DATA.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     PAGE.write_text(render(results), encoding="utf-8")
     chart(results)
     print(f"wrote {PAGE.relative_to(ROOT)} and {CHART.relative_to(ROOT)}")
