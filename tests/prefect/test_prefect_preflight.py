@@ -268,3 +268,44 @@ def test_a_checked_task_survives_pickling():
     assert copy.mode == "warn"
     assert copy.name == use_lock.name
     assert copy.check((threading.Lock(), "m"), {}, "delay")
+
+
+# -- thread-bound objects on thread pools ---------------------------------------------
+
+
+class Holder:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+
+def test_a_sqlite_connection_is_reported_when_it_only_changes_thread():
+    conn = sqlite3.connect(":memory:")
+    try:
+        for value, path in ((conn, "args[0]"), (Holder(conn), "args[0].conn")):
+            quiet = check_inputs((value,), transport=False, cache_key=False)
+            assert quiet == [], "a direct call stays in its thread"
+            finding = only(
+                check_inputs((value,), transport=False, cache_key=False, other_thread=True)
+            )
+            assert finding.path == path
+            assert "can only be used in that same thread" in finding.reason
+            assert finding.suggestion is not None
+            assert "SqliteSpec" in finding.suggestion
+    finally:
+        conn.close()
+
+
+@task(cache_policy=NO_CACHE)
+def count_rows(conn) -> int:
+    return conn.execute("select 1").fetchone()[0]
+
+
+def test_submitting_a_connection_to_a_thread_pool_is_refused_even_without_caching():
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def seed_failure() -> int:
+        conn = sqlite3.connect(":memory:")
+        return preflight(count_rows).submit(conn).result()
+
+    state = seed_failure(return_state=True)
+    with pytest.raises(PreflightError, match="can only be used in that same thread"):
+        state.result()

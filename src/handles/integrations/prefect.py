@@ -324,6 +324,8 @@ class PreflightTask:
                 cache_key=hashed and name not in excluded,
                 pickler=self.pickler,
                 ignore=ignore,
+                # Submitted tasks run on the runner's threads (or processes).
+                other_thread=how in ("submit", "map"),
             )
         return findings
 

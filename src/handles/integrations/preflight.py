@@ -21,6 +21,7 @@ import collections
 import functools
 import io
 import pickle
+import sqlite3
 import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -101,6 +102,7 @@ def check_inputs(
     cache_key: bool = True,
     pickler: Pickler = "cloudpickle",
     ignore: tuple[type, ...] = (),
+    other_thread: bool = False,
 ) -> list[Finding]:
     """Every problem in a call's arguments, each with the path to the offending object.
 
@@ -109,6 +111,9 @@ def check_inputs(
     pickler: "cloudpickle" as Prefect and Dask use, or "pickle" for plain
         multiprocessing (which cannot send lambdas or local functions).
     ignore: types to accept as they are (futures the runner resolves first).
+    other_thread: the task runs on another thread of this process (a submitted
+        task on a thread pool): thread-bound objects (sqlite3) are reported even
+        when nothing is pickled or hashed.
     Known live resources (connections, pipelines, modules, open files) are
     reported even when they pickle: each task would get its own copy.
     """
@@ -121,6 +126,7 @@ def check_inputs(
             cache_key=cache_key,
             pickler=pickler,
             ignore=ignore,
+            other_thread=other_thread,
         )
     for name, value in (kwargs or {}).items():
         findings += check_value(
@@ -130,6 +136,7 @@ def check_inputs(
             cache_key=cache_key,
             pickler=pickler,
             ignore=ignore,
+            other_thread=other_thread,
         )
     return findings
 
@@ -142,12 +149,42 @@ def check_value(
     cache_key: bool = True,
     pickler: Pickler = "cloudpickle",
     ignore: tuple[type, ...] = (),
+    other_thread: bool = False,
 ) -> list[Finding]:
     """The problems in one value; `path` names it in the findings."""
-    if not (transport or cache_key) or _trivially_fine(value, ignore):
+    if _trivially_fine(value, ignore):
         return []
+    if not (transport or cache_key):
+        # Nothing is pickled or hashed, but a thread pool still moves the value
+        # to another thread; a pickling or hashing check reports these anyway.
+        return _thread_bound(value, path, ignore, depth=0, seen=set()) if other_thread else []
     probe = _Probe(transport=transport, cache_key=cache_key, pickler=pickler, ignore=ignore)
     return probe.walk(value, path, depth=0, seen=set(), live=None)
+
+
+def _thread_bound(
+    obj: Any, path: str, ignore: tuple[type, ...], *, depth: int, seen: set[int]
+) -> list[Finding]:
+    """sqlite3 objects anywhere in `obj`: usable only in the thread that opened them."""
+    if id(obj) in seen or _trivially_fine(obj, ignore):
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, sqlite3.Connection | sqlite3.Cursor):
+        return [
+            Finding(
+                path,
+                _type_name(obj),
+                "is bound to the thread that opened it: a task on another thread fails with "
+                '"SQLite objects created in a thread can only be used in that same thread"',
+                "pass SqliteSpec(path=...) instead and call .get() inside the task",
+            )
+        ]
+    if depth >= MAX_DEPTH:
+        return []
+    found: list[Finding] = []
+    for child_path, child in _children(obj, path):
+        found += _thread_bound(child, child_path, ignore, depth=depth + 1, seen=seen)
+    return found
 
 
 # -- the search ---------------------------------------------------------------
