@@ -24,6 +24,23 @@ from support.kinds import EchoSpec, Resource
 HERE = Path(__file__).parent
 
 
+def result_of(future: Any, timeout: float = 120) -> Any:
+    """`future.result()` of a `.delay()` run, asked again while Prefect lacks its state.
+
+    Prefect 3.8 raises RuntimeError("... has no state ...") when a delayed run is
+    read while the server is still recording one of its state changes (seen on busy
+    machines). The deadline bounds the wait.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return future.result(timeout=max(1.0, deadline - time.monotonic()))
+        except RuntimeError as exc:
+            if "has no state" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def worker_pythonpath() -> str:
     """PYTHONPATH for processes that must import the tests' kinds and these tasks."""
     paths = [str(HERE), str(HERE.parent), *[p for p in sys.path if p]]

@@ -30,10 +30,10 @@ RUNS = 10
 CLIENT = f"""
 import json, sys
 import handles
-from spec_flows import remote_touch
+from spec_flows import remote_touch, result_of
 spec = handles.spec_from_json(sys.stdin.read())
 futures = [remote_touch.delay(spec, i) for i in range({RUNS})]
-print(json.dumps([f.result(timeout=120) for f in futures]))
+print(json.dumps([result_of(f) for f in futures]))
 """
 
 
