@@ -162,30 +162,15 @@ class Spec(BaseModel, Generic[T]):
         try:
             return self._handles_key
         except AttributeError:
-            pass
-        dumped = self.model_dump(mode="json")
-        payload: dict[str, Any] = {
-            "format": KEY_FORMAT,
-            "kind": self.kind,
-            "schema": self.schema_version,
-            "identity": {name: dumped[name] for name in self.identity_fields},
-        }
-        content = self.fingerprint()
-        if content is not None:
-            payload["content"] = content
-        key = digest(payload)
-        object.__setattr__(self, "_handles_key", key)
-        return key
+            return self._compute_keys()[0]
 
     def identity(self) -> dict[str, Any]:
         """The identity fields as JSON data: exactly what `cache_key()` hashes besides kind."""
-        dumped = self.model_dump(mode="json")
-        return {name: dumped[name] for name in self.identity_fields}
+        return self._roles_json()[0]
 
     def placement(self) -> dict[str, Any]:
         """The placement fields as JSON data: where and how the object lives."""
-        dumped = self.model_dump(mode="json")
-        return {name: dumped[name] for name in self.placement_fields}
+        return self._roles_json()[1]
 
     def _instance_key(self) -> str:
         # The registry's key: identity and placement, since a model on cuda:0 is
@@ -193,10 +178,32 @@ class Spec(BaseModel, Generic[T]):
         try:
             return self._handles_ikey
         except AttributeError:
-            pass
-        key = digest({"cache_key": self.cache_key(), "placement": self.placement()})
-        object.__setattr__(self, "_handles_ikey", key)
-        return key
+            return self._compute_keys()[1]
+
+    def _roles_json(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        dumped = self.model_dump(mode="json")
+        return (
+            {name: dumped[name] for name in self.identity_fields},
+            {name: dumped[name] for name in self.placement_fields},
+        )
+
+    def _compute_keys(self) -> tuple[str, str]:
+        # Both keys from one dump and one fingerprint, cached on the instance.
+        identity, placement = self._roles_json()
+        payload: dict[str, Any] = {
+            "format": KEY_FORMAT,
+            "kind": self.kind,
+            "schema": self.schema_version,
+            "identity": identity,
+        }
+        content = self.fingerprint()
+        if content is not None:
+            payload["content"] = content
+        key = digest(payload)
+        instance_key = digest({"cache_key": key, "placement": placement})
+        object.__setattr__(self, "_handles_key", key)
+        object.__setattr__(self, "_handles_ikey", instance_key)
+        return key, instance_key
 
     def __hash__(self) -> int:
         try:
