@@ -82,10 +82,14 @@ def test_schema_marks_roles():
     assert roles["path"] == "identity"
 
 
-def test_kinds_lists_install_hints():
+def test_kinds_lists_what_each_kind_needs():
     out = run("kinds")
-    assert "sqlite" in out.stdout
-    assert 'pip install "handles[spacy]"' in out.stdout
+    lines = {line.split()[0]: line for line in out.stdout.splitlines()}
+    assert 'pip install "handle-specs[spacy]"' in lines["spacy"]
+    # As docs/kinds/sqlite.md says: SqliteSpec needs only the standard library.
+    assert "standard library only" in lines["sqlite"]
+    assert '.engine() needs pip install "handle-specs[sql]"' in lines["sqlite"]
+    assert not {"sqlite-engine", "sqlite-memory", "sqlite-writer-lock"} & set(lines)
 
 
 def test_check_reports_each_bad_argument(tmp_path):

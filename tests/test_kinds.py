@@ -41,7 +41,9 @@ def test_malformed_json_is_a_spec_error(data, message):
 
 def test_missing_package_names_the_extra():
     register_kind("test-missing-dep", "handles_not_installed_pkg.mod:Spec", extra="torch")
-    with pytest.raises(MissingDependencyError, match=r'pip install "handles\[torch\]"') as info:
+    with pytest.raises(
+        MissingDependencyError, match=r'pip install "handle-specs\[torch\]"'
+    ) as info:
         handles.load_kind("test-missing-dep")
     assert isinstance(info.value, ImportError)
 
@@ -99,3 +101,96 @@ def test_third_party_kind_from_an_entry_point(tmp_path):
         check=True,
     )
     assert json.loads(out.stdout) == ["WidgetSpec", "widgetwidget", True]
+
+
+def test_private_helper_kinds_are_never_known_by_name():
+    import handles.specs.sqlite  # defines _SqliteEngine, _SqliteMemoryKeeper, _SqliteWriterLock
+
+    private = ["sqlite-engine", "sqlite-memory", "sqlite-writer-lock"]
+    assert not set(private) & set(handles.known_kinds())
+    for name in private:
+        with pytest.raises(SpecError, match=f"unknown kind {name!r}"):
+            handles.spec_from_json(json.dumps({"kind": name, "name": "x"}))
+    assert handles.specs.sqlite._SqliteMemoryKeeper(name="x").kind == "sqlite-memory"
+
+
+def test_a_private_class_is_not_registered():
+    from typing import Literal
+
+    class _Helper(handles.Spec[int]):
+        kind: Literal["test-private-helper"] = "test-private-helper"
+
+    assert "test-private-helper" not in handles.known_kinds()
+    with pytest.raises(SpecError, match="unknown kind"):
+        handles.load_kind("test-private-helper")
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("json:dumps", "not a Spec class"),
+        ("support.kinds:EchoSpec", "whose kind is 'test-echo'"),
+        ("support.kinds:NoSuchClass", "not found"),
+    ],
+)
+def test_load_kind_checks_what_it_imported(target, message):
+    register_kind("test-wrong-target", target, clobber=True)
+    with pytest.raises(SpecError, match=message):
+        handles.load_kind("test-wrong-target")
+    with pytest.raises(SpecError, match=message):
+        handles.spec_from_json('{"kind": "test-wrong-target"}')
+
+
+def test_register_kind_cannot_take_a_built_in_name():
+    with pytest.raises(ValueError, match="built in"):
+        register_kind("sqlite", "mypackage.db:MySqliteSpec", clobber=True)
+    register_kind("sqlite", "handles.specs.sqlite:SqliteSpec")  # the built-in itself: fine
+    assert handles.known_kinds()["sqlite"].target == "handles.specs.sqlite:SqliteSpec"
+
+
+# A user's class declaring a built-in kind name, in a fresh interpreter, before
+# and after the built-in's module is imported: a TypeError at once either way,
+# and the built-in keeps its name.
+CLAIM_SQLITE = """
+import json, sys
+from typing import Literal
+import handles
+{before}
+try:
+    class MySqlite(handles.Spec[int]):
+        kind: Literal["sqlite"] = "sqlite"
+        path: str
+except TypeError as exc:
+    outcome = str(exc)
+else:
+    outcome = "defined"
+from handles import SqliteSpec
+spec = handles.spec_from_json(json.dumps({{"kind": "sqlite", "path": "x.db"}}))
+print(json.dumps([outcome, type(spec) is SqliteSpec]))
+"""
+
+
+@pytest.mark.parametrize("before", ["", "from handles import SqliteSpec"], ids=["first", "after"])
+def test_a_built_in_kind_name_always_means_the_built_in(before, run_python):
+    outcome, rebuilt_builtin = json.loads(run_python(CLAIM_SQLITE.format(before=before)))
+    assert outcome.startswith("spec kind 'sqlite' is built in (handles.specs.sqlite:SqliteSpec)")
+    assert "must declare a kind name of its own" in outcome
+    assert rebuilt_builtin
+
+
+def test_deep_nesting_is_a_spec_error_not_a_recursion_error():
+    deep = '{"kind": "sqlite", "path": ' + "[" * 5000 + "]" * 5000 + "}"
+    with pytest.raises(SpecError, match="nested too deeply"):
+        handles.spec_from_json(deep)
+    nested: object = []
+    for _ in range(5000):
+        nested = [nested]
+    with pytest.raises(SpecError):
+        handles.spec_from_json({"kind": "sqlite", "path": nested})
+
+
+def test_kind_info_says_what_is_needed():
+    kinds = handles.known_kinds()
+    assert kinds["spacy"].needs() == 'pip install "handle-specs[spacy]"'
+    assert kinds["sqlite"].extra is None
+    assert kinds["sqlite"].needs().startswith("standard library only")

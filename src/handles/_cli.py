@@ -2,7 +2,7 @@
 
     handles inspect SPEC_JSON_OR_FILE   kind, identity and placement fields, key, redacted repr
     handles schema KIND                 the kind's JSON schema
-    handles kinds                       every known kind and what installs it
+    handles kinds                       every known kind and what it needs installed
     handles check MODULE:FUNCTION       preflight a call's arguments (see `handles check --help`)
 
 Errors print one line naming the problem and exit with status 2; no tracebacks.
@@ -107,8 +107,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _kinds(args: argparse.Namespace) -> int:
     for name, info in sorted(known_kinds().items()):
-        extra = f'pip install "handles[{info.extra}]"' if info.extra else ""
-        print(f"{name:<16} {info.target:<48} {extra}".rstrip())
+        print(f"{name:<16} {info.target:<48} {info.needs()}".rstrip())
     return 0
 
 
