@@ -207,4 +207,4 @@ def test_a_missing_driver_package_names_the_extra(run_python: Callable[[str], st
         "    print(type(exc).__name__, exc, spec in handles.registry(), sep='|')\n"
     )
     out = run_python(script)
-    assert out == 'MissingDependencyError|FileSpec needs s3fs: pip install "handles[s3]"|False'
+    assert out == 'MissingDependencyError|FileSpec needs s3fs: pip install "handle-specs[s3]"|False'

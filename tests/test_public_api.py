@@ -32,6 +32,7 @@ PUBLIC = {
     "override",
     "register_kind",
     "registry",
+    "require",
     "spec_from_json",
 }
 HEAVY = ["torch", "spacy", "transformers", "prefect", "sqlalchemy", "dask", "distributed", "fsspec"]

@@ -344,7 +344,7 @@ def test_bad_input(case: Bad, tmp_path: Path) -> None:
 )
 def test_missing_package_says_what_to_install(hidden, use, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, hidden, None)  # what `import hidden` sees when absent
-    with pytest.raises(MissingDependencyError, match=r'pip install "handles\[sql\]"') as info:
+    with pytest.raises(MissingDependencyError, match=r'pip install "handle-specs\[sql\]"') as info:
         use(tmp_path)
     assert info.value.package == hidden
     assert len(handles.registry()) == 0

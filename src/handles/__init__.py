@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from handles._fields import Identity, Placement
 from handles._kinds import known_kinds, load_kind, register_kind, spec_from_json
+from handles._optional import require
 from handles._registry import KeyStats, Registry, override, registry
 from handles._secrets import SecretRef
 from handles._spec import Scope, Spec
@@ -79,5 +80,6 @@ __all__ = [
     "override",
     "register_kind",
     "registry",
+    "require",
     "spec_from_json",
 ]

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 __all__ = ["BuildError", "HandlesError", "MissingDependencyError", "SpecError"]
 
+# The name on the package index (`handles` there is an unrelated project); the
+# import name is `handles`. Install hints name its extras: "handle-specs[sql]".
+DISTRIBUTION = "handle-specs"
+
 
 class HandlesError(Exception):
     """Root of every error raised by handles."""
@@ -88,11 +92,26 @@ class BuildError(HandlesError):
 
 
 class MissingDependencyError(HandlesError, ImportError):
-    """An optional package needed by a spec kind is not installed."""
+    """An optional package needed by a spec kind is not installed.
 
-    def __init__(self, package: str, extra: str, *, kind: str | None = None) -> None:
+    The message says what to install: `pip install "handle-specs[extra]"` for one
+    of this library's extras, or `install` (a requirement such as "faiss-cpu" or
+    "mypackage[gpu]") for packages of a third-party kind.
+    """
+
+    def __init__(
+        self,
+        package: str,
+        extra: str | None = None,
+        *,
+        kind: str | None = None,
+        install: str | None = None,
+    ) -> None:
         who = f"{kind} needs" if kind else "this feature needs"
-        super().__init__(f'{who} {package}: pip install "handles[{extra}]"', name=package)
+        if install is None:
+            install = f"{DISTRIBUTION}[{extra}]" if extra is not None else package
+        super().__init__(f'{who} {package}: pip install "{install}"', name=package)
         self.package = package
         self.extra = extra
         self.kind = kind
+        self.install = install

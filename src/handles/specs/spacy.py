@@ -17,7 +17,9 @@ key, so installing a new version of a model moves the key. They are read in
 
 A model the key cannot find (no such package, a directory without meta.json)
 is a SpecError naming the field, raised by `cache_key()` and so by the first
-`get()`, before any build is attempted.
+`get()`, before any build is attempted. Where spaCy itself is missing, a pipeline
+package named by `name=` cannot be there either: that is a MissingDependencyError
+naming the `spacy` extra.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from handles._fields import Identity, Placement
 from handles._optional import require
 from handles._spec import Spec
-from handles.exceptions import SpecError
+from handles.exceptions import MissingDependencyError, SpecError
 
 if TYPE_CHECKING:
     from spacy.language import Language
@@ -207,6 +209,8 @@ def _package_dir(name: str) -> Path:
     except (ImportError, ValueError) as exc:
         raise SpecError.one(KIND, "name", f"cannot look up package {name!r}: {exc}") from None
     if found is None:
+        if importlib.util.find_spec("spacy") is None:
+            raise MissingDependencyError("spacy", "spacy", kind=KIND)
         raise SpecError.one(
             KIND,
             "name",
