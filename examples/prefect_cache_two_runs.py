@@ -18,16 +18,15 @@ records to another, and each policy runs the flow three times:
 It also prints the spec's `cache_key()` as computed here and in a new
 interpreter with another hash seed: the same.
 
-Prefect starts a temporary server for the runs (15-20 s). Its database lives in
-a temporary PREFECT_HOME; the sales database, results and cache records in a
-temporary folder. Both are removed at exit.
+Prefect's temporary server is started once for the runs (15-40 s;
+examples/_prefect_setup.py). Its database lives in a temporary PREFECT_HOME; the
+sales database, results and cache records in a temporary folder. Both are
+removed at exit. Your other PREFECT_* settings are kept.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -36,17 +35,9 @@ from pathlib import Path
 from typing import Any
 
 if __name__ == "__main__":
-    # Prefect reads its settings at import, so they are set first: a throwaway
-    # home, and none of this shell's PREFECT_* settings (an API URL there would
-    # send the demo's runs to a real server).
-    for name in [n for n in os.environ if n.startswith("PREFECT_")]:
-        del os.environ[name]
-    HOME = tempfile.mkdtemp(prefix="handles-prefect-demo-")
-    os.environ["PREFECT_HOME"] = HOME
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    # Registered before Prefect is imported, so it runs after Prefect's own exit
-    # handlers have stopped the temporary server that uses this folder.
-    atexit.register(shutil.rmtree, HOME, ignore_errors=True)
+    import _prefect_setup
+
+    _prefect_setup.prepare()  # before Prefect is imported: it reads its settings then
 
 from prefect import flow, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
@@ -109,7 +100,10 @@ def key_in_a_new_process(db: SqliteSpec) -> str:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="handles-prefect-data-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="handles-prefect-data-") as tmp,
+        _prefect_setup.one_server(),
+    ):
         run_demo(Path(tmp))
 
 

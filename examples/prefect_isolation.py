@@ -16,42 +16,29 @@ once with the same `SqliteSpec` and the same arguments, under
    does the same through Redis. Runs when HANDLES_TEST_REDIS_URL is set;
    `FileSystemLockManager` is the choice for processes on one machine.
 
-Prefect's temporary server is started once (15-20 s) for this process and the
-workers. Its database and the results live in a temporary PREFECT_HOME, the
-sales databases and cache records in a temporary folder; both are removed at exit.
+Prefect's temporary server is started once (15-40 s) for this process and the
+workers (examples/_prefect_setup.py). Its database and the results live in a
+temporary PREFECT_HOME, the sales databases and cache records in a temporary
+folder; both are removed at exit. Your other PREFECT_* settings are kept.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 if __name__ == "__main__":  # spawned workers import this file as __mp_main__
-    # Prefect reads its settings at import, so they are set first: a throwaway
-    # home, and none of this shell's PREFECT_* settings (an API URL there would
-    # send the demo's runs to a real server). Worker processes inherit both.
-    for name in [n for n in os.environ if n.startswith("PREFECT_")]:
-        del os.environ[name]
-    HOME = tempfile.mkdtemp(prefix="handles-prefect-demo-")
-    os.environ["PREFECT_HOME"] = HOME
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    # Registered before Prefect is imported, so it runs after Prefect's own exit
-    # handlers have stopped the temporary server that uses this folder.
-    atexit.register(shutil.rmtree, HOME, ignore_errors=True)
+    import _prefect_setup
+
+    _prefect_setup.prepare()  # before Prefect is imported: it reads its settings then
 
 from prefect import flow, task
 from prefect.cache_policies import TASK_SOURCE
 from prefect.locking.memory import MemoryLockManager
-from prefect.server.api.server import SubprocessASGIServer
-from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from handles import SqliteSpec
@@ -104,23 +91,6 @@ def run_twice(label: str, policy: Any, runner: Any, db: SqliteSpec, ledger: Path
     return computed
 
 
-@contextmanager
-def one_server() -> Iterator[None]:
-    """Prefect's temporary server, started here once and used by every process.
-
-    Without an API URL, each worker process of part 3 would start a temporary
-    server of its own, seconds each.
-    """
-    server = SubprocessASGIServer()
-    server.start(timeout=120)  # also registers its stop at exit, after the last logs
-    os.environ["PREFECT_API_URL"] = server.api_url
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield
-    finally:
-        del os.environ["PREFECT_API_URL"]
-
-
 def redis_lock_manager() -> Any:
     """A RedisLockManager for HANDLES_TEST_REDIS_URL, or None (with the reason printed)."""
     url = os.environ.get("HANDLES_TEST_REDIS_URL")
@@ -145,7 +115,10 @@ def make_database(path: Path) -> SqliteSpec:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="handles-prefect-data-") as tmp, one_server():
+    with (
+        tempfile.TemporaryDirectory(prefix="handles-prefect-data-") as tmp,
+        _prefect_setup.one_server(),
+    ):
         run_demo(Path(tmp))
 
 

@@ -13,40 +13,27 @@ twice, changing only the task runner:
 The script prints, per worker process, how many tasks it ran and how many times
 it loaded the pipeline: once, whatever the number of tasks or threads.
 
-The demo starts Prefect's temporary server once (15-20 s) and hands its URL to
-the workers: a worker process given no API URL would start a server of its own.
-The server's database lives in a temporary PREFECT_HOME and the pipeline in a
-temporary folder; both are removed at exit.
+The demo starts Prefect's temporary server once (15-40 s) and hands its URL to
+the workers (examples/_prefect_setup.py): a worker process given no API URL
+would start a server of its own. The server's database lives in a temporary
+PREFECT_HOME and the pipeline in a temporary folder; both are removed at exit.
+Your other PREFECT_* settings are kept.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 if __name__ == "__main__":  # spawned workers import this file as __mp_main__
-    # Prefect reads its settings at import, so they are set first: a throwaway
-    # home, and none of this shell's PREFECT_* settings (an API URL there would
-    # send the demo's runs to a real server). Worker processes inherit both.
-    for name in [n for n in os.environ if n.startswith("PREFECT_")]:
-        del os.environ[name]
-    HOME = tempfile.mkdtemp(prefix="handles-prefect-demo-")
-    os.environ["PREFECT_HOME"] = HOME
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    # Registered before Prefect is imported, so it runs after Prefect's own exit
-    # handlers have stopped the temporary server that uses this folder.
-    atexit.register(shutil.rmtree, HOME, ignore_errors=True)
+    import _prefect_setup
+
+    _prefect_setup.prepare()  # before Prefect is imported: it reads its settings then
 
 from prefect import flow, task
-from prefect.server.api.server import SubprocessASGIServer
-from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
@@ -81,27 +68,6 @@ def tag_people(nlp: SpacySpec, texts: list[str]) -> list[dict[str, Any]]:
 
 
 # --8<-- [end:flow]
-
-
-@contextmanager
-def one_server() -> Iterator[None]:
-    """Prefect's temporary server, started here once and used by every worker process.
-
-    Without an API URL, Prefect starts a temporary server in each process that
-    runs a task: seconds per worker, and a Dask worker killed at shutdown can
-    leave its server running.
-    """
-    server = SubprocessASGIServer()
-    # start() also registers the server's stop at exit: after Prefect has sent
-    # the last log lines (handlers registered later run first).
-    server.start(timeout=120)
-    # The environment reaches Dask's workers; the settings reach the pool's.
-    os.environ["PREFECT_API_URL"] = server.api_url
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield
-    finally:
-        del os.environ["PREFECT_API_URL"]
 
 
 def save_pipeline(folder: Path) -> SpacySpec:
@@ -158,7 +124,10 @@ def run_on_each(nlp: SpacySpec) -> None:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="handles-prefect-data-") as folder, one_server():
+    with (
+        tempfile.TemporaryDirectory(prefix="handles-prefect-data-") as folder,
+        _prefect_setup.one_server(),
+    ):
         run_on_each(save_pipeline(Path(folder)))
 
 

@@ -10,28 +10,24 @@
 - `preflight` refuses a live sqlite3 connection before submission and says which
   spec to pass instead.
 
-Prefect starts a temporary server for the run (15-20 s); the demo keeps its
-database and results in a temporary PREFECT_HOME.
+Prefect's temporary server is started once for this process and its workers
+(examples/_prefect_setup.py): 15-40 s, the longest part of the demo. Its database
+and the results live in a temporary PREFECT_HOME; your other PREFECT_* settings
+are kept.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
 
-if "PREFECT_HOME" not in os.environ:  # spawned workers inherit the parent's
-    HOME = tempfile.mkdtemp(prefix="handles-prefect-demo-")
-    os.environ["PREFECT_HOME"] = HOME
-    # Registered before Prefect is imported, so it runs after Prefect's own exit
-    # handlers have stopped the temporary server that uses this folder.
-    atexit.register(shutil.rmtree, HOME, ignore_errors=True)
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+if __name__ == "__main__":  # spawned workers import this file as __mp_main__
+    import _prefect_setup
 
-# Imported after the environment above: Prefect reads its settings at import.
+    _prefect_setup.prepare()  # before Prefect is imported: it reads its settings then
+
 from prefect import flow, task
 from prefect.cache_policies import TASK_SOURCE
 from prefect.task_runners import ProcessPoolTaskRunner
@@ -94,35 +90,43 @@ def build_inputs(folder: Path) -> tuple[SqliteSpec, SpacySpec]:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="handles-prefect-data-") as folder:
+    with (
+        tempfile.TemporaryDirectory(prefix="handles-prefect-data-") as folder,
+        _prefect_setup.one_server(),
+    ):
         run_demo(Path(folder))
+
+
+@flow
+def with_a_live_connection(path: str, nlp: SpacySpec) -> str:
+    """Submits the task with a live connection: preflight refuses it before Prefect sees it."""
+    conn = sqlite3.connect(path)
+    try:
+        known_people.submit(conn, nlp, TEXTS[0])
+    except PreflightError as exc:
+        return str(exc)
+    finally:
+        conn.close()
+    return "preflight let it through"
 
 
 def run_demo(folder: Path) -> None:
     db, nlp = build_inputs(folder)
     tag_people = make_flow(nlp)
 
+    print("first run: each task, the worker that ran it and its pipeline loads")
     first = tag_people(db, nlp, TEXTS)
     for row in first:
-        print(f"{row['text']!r}: {row['known']} (pid {row['pid']}, loads {row['loads']})")
+        print(f"  {row['text']!r}: {row['known']} (pid {row['pid']}, loads {row['loads']})")
     assert {row["loads"] for row in first} == {1}, "one load per worker process"
 
     again = tag_people(db, nlp, TEXTS)
     print(f"second run, task states: {sorted({row['state'] for row in again})}")
     assert [row["known"] for row in again] == [row["known"] for row in first]
 
-    @flow
-    def with_a_live_connection() -> None:
-        conn = sqlite3.connect(folder / "people.db")
-        try:
-            known_people.submit(conn, nlp, TEXTS[0])
-        finally:
-            conn.close()
-
-    try:
-        with_a_live_connection()
-    except PreflightError as exc:
-        print(f"preflight refused it:\n{exc}")
+    refusal = with_a_live_connection(str(folder / "people.db"), nlp)
+    print(f"a live sqlite3 connection instead of the spec: preflight refused it:\n{refusal}")
+    assert "pass SqliteSpec(path=...) instead" in refusal
 
 
 if __name__ == "__main__":

@@ -9,17 +9,15 @@
    connection on its first task and reuses it for the rest, so that error cannot
    happen. The script prints how many connections each thread opened.
 
-Prefect starts a temporary server for the runs (15-20 s). Its database lives in
-a temporary PREFECT_HOME and the demo's data in a temporary folder; both are
-removed at exit.
+Prefect's temporary server is started once for the runs (15-40 s;
+examples/_prefect_setup.py). Its database lives in a temporary PREFECT_HOME and
+the demo's data in a temporary folder; both are removed at exit. Your other
+PREFECT_* settings are kept.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
-import shutil
 import sqlite3
 import tempfile
 import threading
@@ -29,17 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 if __name__ == "__main__":
-    # Prefect reads its settings at import, so they are set first: a throwaway
-    # home, and none of this shell's PREFECT_* settings (an API URL there would
-    # send the demo's runs to a real server).
-    for name in [n for n in os.environ if n.startswith("PREFECT_")]:
-        del os.environ[name]
-    HOME = tempfile.mkdtemp(prefix="handles-prefect-demo-")
-    os.environ["PREFECT_HOME"] = HOME
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    # Registered before Prefect is imported, so it runs after Prefect's own exit
-    # handlers have stopped the temporary server that uses this folder.
-    atexit.register(shutil.rmtree, HOME, ignore_errors=True)
+    import _prefect_setup
+
+    _prefect_setup.prepare()  # before Prefect is imported: it reads its settings then
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -104,7 +94,10 @@ def make_database(path: Path) -> None:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="handles-prefect-data-") as folder:
+    with (
+        tempfile.TemporaryDirectory(prefix="handles-prefect-data-") as folder,
+        _prefect_setup.one_server(),
+    ):
         path = Path(folder) / "items.db"
         make_database(path)
         run_demo(path)

@@ -37,11 +37,9 @@ from typing import Any
 
 if __name__ == "__main__" and "--worker" not in sys.argv:
     # Prefect reads its settings at import, so they are set first, for this
-    # process and (inherited) for the server and the worker: a throwaway home,
-    # none of this shell's PREFECT_* settings, and the API of the server that
-    # main() starts on a free loopback port.
-    for name in [n for n in os.environ if n.startswith("PREFECT_")]:
-        del os.environ[name]
+    # process and (inherited) for the server and the worker: a throwaway home
+    # and the API of the server that main() starts on a free loopback port.
+    # Your other PREFECT_* settings are kept; two get a default where unset.
     HOME = tempfile.mkdtemp(prefix="handles-prefect-demo-")
     atexit.register(shutil.rmtree, HOME, ignore_errors=True)
     with socket.socket() as sock:
@@ -49,8 +47,8 @@ if __name__ == "__main__" and "--worker" not in sys.argv:
         PORT = sock.getsockname()[1]
     os.environ["PREFECT_HOME"] = HOME
     os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{PORT}/api"
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    os.environ["PREFECT_UI_ENABLED"] = "false"
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_UI_ENABLED", "false")
 
 from prefect import task
 

@@ -15,16 +15,14 @@ is not reported. Plain `pickle` (multiprocessing, concurrent.futures) can only
 send functions by name, so with `pickler="pickle"` a lambda is reported. A lambda
 that uses a lock is reported under either pickler, at the lock.
 
-Part 2 runs a flow: Prefect starts a temporary server (15-20 s). Its database
-lives in a temporary PREFECT_HOME and the demo's data in a temporary folder; both
-are removed at exit.
+Part 2 runs a flow on Prefect's temporary server, started once (15-40 s;
+examples/_prefect_setup.py). Its database lives in a temporary PREFECT_HOME and
+the demo's data in a temporary folder; both are removed at exit. Your other
+PREFECT_* settings are kept.
 """
 
 from __future__ import annotations
 
-import atexit
-import os
-import shutil
 import sqlite3
 import tempfile
 import threading
@@ -33,17 +31,9 @@ from pathlib import Path
 from typing import Any
 
 if __name__ == "__main__":
-    # Prefect reads its settings at import, so they are set first: a throwaway
-    # home, and none of this shell's PREFECT_* settings (an API URL there would
-    # send the demo's runs to a real server).
-    for name in [n for n in os.environ if n.startswith("PREFECT_")]:
-        del os.environ[name]
-    HOME = tempfile.mkdtemp(prefix="handles-prefect-demo-")
-    os.environ["PREFECT_HOME"] = HOME
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    # Registered before Prefect is imported, so it runs after Prefect's own exit
-    # handlers have stopped the temporary server that uses this folder.
-    atexit.register(shutil.rmtree, HOME, ignore_errors=True)
+    import _prefect_setup
+
+    _prefect_setup.prepare()  # before Prefect is imported: it reads its settings then
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -150,7 +140,8 @@ def main() -> None:
             conn.executemany("insert into sales values (?, ?)", [("n", 1), ("s", 2), ("e", 3)])
         conn.close()
         check_the_seed_objects(folder)
-        try_the_modes(folder)
+        with _prefect_setup.one_server():
+            try_the_modes(folder)
 
 
 if __name__ == "__main__":
