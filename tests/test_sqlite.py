@@ -69,15 +69,20 @@ def test_shared_connection_fails_but_spec_gives_each_thread_its_own(tmp_path):
     assert id(spec.get()) not in ids, "the main thread has a connection of its own"
 
 
-def test_registry_closes_other_threads_connections_from_any_thread(tmp_path):
+def test_close_leaves_a_running_threads_connection_to_that_thread(tmp_path):
+    # Closing a connection another thread may be inside crashes the interpreter
+    # (SQLite runs statements without the GIL): the owner closes it, at its end.
     spec = SqliteSpec(path=tmp_path / "app.db")
     got: list[sqlite3.Connection] = []
     ready, release = threading.Event(), threading.Event()
+    after_close: list[object] = []
 
     def hold() -> None:
         got.append(spec.get())
         ready.set()
         release.wait()
+        after_close.append(got[0].execute("select 1").fetchone())
+        after_close.append(spec.get() is not got[0])  # retired: a new one is built
 
     worker = threading.Thread(target=hold)
     worker.start()
@@ -85,6 +90,7 @@ def test_registry_closes_other_threads_connections_from_any_thread(tmp_path):
     handles.registry().close()  # from the main thread, while the worker still runs
     release.set()
     worker.join()
+    assert after_close == [(1,), True]
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         got[0].execute("select 1")
 

@@ -3,16 +3,33 @@
 Scopes
     process: one object per process, shared by its threads, built single-flight.
     thread:  one object per thread (sqlite3 connections and other thread-bound
-             objects); closed when its thread ends.
+             objects), closed by that thread: when it ends, or at its next call.
 
-The warm path lives in `Spec.get()`: a spec instance remembers its process-scoped
-entry in a slot, so a hit is two attribute reads and a counter increment, with no
-lock and no `os.getpid()`. An entry's `ok` flag is cleared when it is closed,
-evicted, reset after fork, or shadowed by an override, which sends `get()` here.
+The one promise: `get()` returns a working object, never None and never one that
+has been torn down. Eviction, `close()` and the `max_entries` bound *retire* an
+entry: the registry forgets it at once (the next `get()` builds anew), and its
+teardown runs only once nobody can still be using the object:
 
-Fork: `os.register_at_fork` gives the child a fresh, empty registry. The parent's
-objects are kept referenced (never closed, never used) in the child, so their
-finalizers cannot disturb the parent's sockets or files.
+- nobody holds it: no open `use()` block, and no reference outside the registry
+  (a task's local variable, a running statement), checked with `sys.getrefcount`;
+- for thread scope, in its own thread: another thread may be inside the object
+  (a SQLite statement runs without the GIL), so it is never closed from outside.
+
+An object still in use when retired is torn down at a later safe point: the end
+of the last `use()` block, the owning thread's next call or its end, or the next
+build, `evict()` or `close()` in the process. At interpreter exit, objects still
+in use by other threads are left to the operating system.
+
+The warm path lives in `Spec.get()`: a spec instance remembers its entry, so a
+hit is a few attribute reads and a counter increment, with no lock. It reads the
+value *before* checking that the entry is still live, and retiring sets the entry
+not-live *before* counting references: so a caller that saw "live" already holds
+a reference the teardown will see (both orders hold under the GIL, which runs
+bytecodes one at a time).
+
+Fork: see `handles._fork`. Every registry gives its forked child a fresh, empty
+state; the parent's objects stay referenced in the child and are never closed
+there.
 """
 
 from __future__ import annotations
@@ -21,6 +38,7 @@ import atexit
 import itertools
 import logging
 import os
+import sys
 import threading
 import weakref
 from collections import OrderedDict
@@ -30,7 +48,8 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from handles.exceptions import BuildError, HandlesError, MissingDependencyError
+from handles import _fork
+from handles.exceptions import BuildError, MissingDependencyError
 
 if TYPE_CHECKING:
     from handles._spec import Spec
@@ -39,6 +58,10 @@ __all__ = ["KeyStats", "Registry", "override", "registry"]
 
 logger = logging.getLogger("handles")
 T = TypeVar("T")
+
+# Per-key counters kept after a key's last object is gone; older ones are folded
+# into `totals()`, so stats stay bounded whatever the churn of distinct specs.
+RETIRED_KEYS_KEPT = 1024
 
 
 @dataclass(frozen=True)
@@ -54,38 +77,82 @@ class KeyStats:
 
 
 class _Counters:
-    __slots__ = ("build_seconds", "builds", "errors", "kind", "retired_hits")
+    __slots__ = ("build_seconds", "builds", "cache_key", "errors", "kind", "live", "retired_hits")
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, cache_key: str) -> None:
         self.kind = kind
+        self.cache_key = cache_key
         self.builds = 0
         self.errors = 0
         self.build_seconds = 0.0
         self.retired_hits = 0
+        self.live = 0  # entries of this key the registry holds
 
 
 class _Entry:
-    """One live object. `hits` is bumped without a lock: under the GIL a lost
-    increment needs a thread switch inside `+=`, which CPython does not do there."""
+    """One live object.
 
-    __slots__ = ("cache_key", "counters", "hits", "ok", "seen_hits", "seq", "spec", "value")
+    `ok`: the warm path may hand out `value` (live, and no override active).
+    `live`: the registry still holds it (not retired).
 
-    def __init__(self, spec: Spec[Any], value: Any, cache_key: str, counters: _Counters, seq: int):
+    `hits` is bumped without a lock. Under the GIL, `entry.hits += 1` on a slotted
+    int attribute is four bytecodes (load, load, add, store) and CPython switches
+    threads only at calls, backward jumps and function entry, none of which is
+    among them, so no increment is lost. Without the GIL (free-threaded builds)
+    increments may be lost: hits are statistics and the LRU order only asks
+    whether the count changed, so neither correctness nor eviction depends on them.
+    """
+
+    __slots__ = (
+        "cache_key",
+        "counters",
+        "hits",
+        "key",
+        "leases",
+        "live",
+        "ok",
+        "own_refs",
+        "recency",
+        "seen_hits",
+        "seq",
+        "spec",
+        "thread",
+        "value",
+    )
+
+    def __init__(
+        self,
+        spec: Spec[Any],
+        value: Any,
+        *,
+        key: str,
+        cache_key: str,
+        counters: _Counters,
+        seq: int,
+    ) -> None:
         self.spec = spec
         self.value = value
+        self.key = key
         self.cache_key = cache_key
         self.counters = counters
         self.seq = seq
+        self.recency = seq  # the build count when it was last seen used
         self.hits = 0
         self.seen_hits = 0
+        self.leases = 0  # open `use()` blocks
+        self.thread: _ThreadRecord | None = None  # the owner, for thread scope
         self.ok = True
+        self.live = True
+        self.own_refs = 2
 
 
 class _NoEntry:
-    """What a spec remembers before it has a process-scoped entry (or when thread-scoped)."""
+    """What a spec remembers before it has an entry: never ok, never live."""
 
     __slots__ = ()
     ok = False
+    live = False
+    value = None
 
 
 NO_ENTRY: Any = _NoEntry()
@@ -103,13 +170,30 @@ class _Pending:
         self.error: BuildError | None = None
 
 
+class _ThreadRecord:
+    """One thread's objects: its entries, and those retired but not yet closed."""
+
+    __slots__ = ("entries", "finalizer", "ident", "retired")
+
+    def __init__(self) -> None:
+        self.ident = threading.get_ident()
+        self.entries: dict[str, _Entry] = {}
+        self.retired: list[_Entry] = []
+        self.finalizer: weakref.finalize[Any, Any] | None = None
+
+
 class _ThreadMarker:
     """Lives in a thread's local storage; its finalizer closes the thread's objects."""
 
-    __slots__ = ("__weakref__", "entries")
+    __slots__ = ("__weakref__", "record")
 
-    def __init__(self) -> None:
-        self.entries: dict[str, _Entry] = {}
+    def __init__(self, record: _ThreadRecord) -> None:
+        self.record = record
+
+
+def _outside_references(entry: _Entry) -> int:
+    """References to `entry.value` beyond those it had when built (0: nobody holds it)."""
+    return sys.getrefcount(entry.value) - entry.own_refs
 
 
 class Registry:
@@ -118,16 +202,22 @@ class Registry:
     def __init__(self, max_entries: int | None = None) -> None:
         self._reset()
         self._max_entries = max_entries
+        _registries.add(self)
 
     def _reset(self) -> None:
+        self._pid = os.getpid()
         self._lock = threading.RLock()
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()  # process scope, oldest first
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()  # process scope
         self._pending: dict[str, _Pending] = {}
-        self._counters: dict[str, _Counters] = {}
+        self._counters: dict[str, _Counters] = {}  # keys with live objects or builds in flight
+        self._retired_counters: OrderedDict[str, _Counters] = OrderedDict()
+        self._totals = _Counters("*", "")
         self._overrides: dict[str, list[Any]] = {}
         self._local = threading.local()
-        self._threads: dict[int, tuple[dict[str, _Entry], weakref.finalize[Any, Any]]] = {}
+        self._threads: dict[int, _ThreadRecord] = {}
+        self._deferred: list[_Entry] = []  # process scope, retired while in use
         self._seq = itertools.count()
+        self._builds = 0  # the clock of the LRU order
 
     # -- getting -------------------------------------------------------------
 
@@ -144,16 +234,23 @@ class Registry:
         key = spec._instance_key()
         if spec.scope == "thread":
             return self._get_for_thread(spec, key)
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = self._build_once(spec, key)
-        else:
-            entry.hits += 1
-        return entry.value, entry
+        while True:
+            entry = self._entries.get(key)
+            built = False
+            if entry is None:
+                entry, built = self._build_once(spec, key)
+            value = entry.value  # before the live check: see the module docstring
+            if entry.live:
+                if not built:
+                    entry.hits += 1
+                return value, entry
+            # Retired between the lookup and now (and maybe torn down): ask again.
 
     def _get_for_thread(self, spec: Spec[Any], key: str) -> tuple[Any, _Entry]:
-        entries = self._thread_entries()
-        entry = entries.get(key)
+        record = self._thread_record()
+        if record.retired:
+            self._close_ready()
+        entry = record.entries.get(key)
         if entry is not None:
             entry.hits += 1
             return entry.value, entry
@@ -161,46 +258,53 @@ class Registry:
         entry = self._build(spec, key)
         with self._lock:
             entry.ok = not self._overrides
-            entries[key] = entry
+            entry.thread = record
+            record.entries[key] = entry
         return entry.value, entry
 
-    def _thread_entries(self) -> dict[str, _Entry]:
+    def _thread_record(self) -> _ThreadRecord:
         try:
-            return self._local.marker.entries  # type: ignore[no-any-return]
+            return self._local.marker.record  # type: ignore[no-any-return]
         except AttributeError:
             pass
-        marker = _ThreadMarker()
+        record = _ThreadRecord()
+        marker = _ThreadMarker(record)
         token = next(self._seq)
-        finalizer = weakref.finalize(marker, self._thread_ended, token)
-        finalizer.atexit = False  # close() handles interpreter exit, newest first
+        # Runs when the thread's local storage dies: at thread end, in that thread,
+        # or in a forked child, where it must do nothing (see handles._fork).
+        record.finalizer = weakref.finalize(marker, self._thread_ended, token, os.getpid())
+        record.finalizer.atexit = False  # close() handles interpreter exit
         with self._lock:
-            self._threads[token] = (marker.entries, finalizer)
+            self._threads[token] = record
         self._local.marker = marker
-        return marker.entries
+        return record
 
-    def _thread_ended(self, token: int) -> None:
+    def _thread_ended(self, token: int, pid: int) -> None:
+        if not _fork.created_here(pid):
+            return
         with self._lock:
             record = self._threads.pop(token, None)
-        if record is None:
-            return
-        entries = list(record[0].values())
-        record[0].clear()
-        self._retire(entries)
+            if record is None:
+                return
+            entries = [*record.retired, *record.entries.values()]
+            record.retired.clear()
+            self._retire(list(record.entries.values()))
+            record.entries.clear()
+        # The thread is gone: nobody can be inside its objects any more.
         self._teardown(entries)
 
-    def _build_once(self, spec: Spec[Any], key: str) -> _Entry:
+    def _build_once(self, spec: Spec[Any], key: str) -> tuple[_Entry, bool]:
+        """(entry, whether this call built it)."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
-                entry.hits += 1
-                return entry
+                return entry, False
             pending = self._pending.get(key)
             owner = pending is None
             if pending is None:
                 pending = self._pending[key] = _Pending()
         if not owner:
-            return self._wait(spec, pending)
-        evicted: list[_Entry] = []
+            return self._wait(spec, pending), False
         try:
             entry = self._build(spec, key)
         except BaseException as exc:
@@ -215,11 +319,11 @@ class Registry:
             entry.ok = not self._overrides
             self._entries[key] = entry
             del self._pending[key]
-            evicted = self._evict_over_limit()
+            self._evict_over_limit(keep=entry)
         pending.entry = entry
         pending.done.set()
-        self._teardown(evicted)
-        return entry
+        self._close_ready()
+        return entry, True
 
     def _wait(self, spec: Spec[Any], pending: _Pending) -> _Entry:
         if pending.thread == threading.get_ident():
@@ -232,7 +336,6 @@ class Registry:
         if pending.error is not None:
             raise pending.error.again()
         assert pending.entry is not None
-        pending.entry.hits += 1
         return pending.entry
 
     def _build(self, spec: Spec[Any], key: str) -> _Entry:
@@ -254,26 +357,55 @@ class Registry:
         with self._lock:
             counters.builds += 1
             counters.build_seconds += seconds
-            seq = next(self._seq)
+            counters.live += 1
+            # A failed build of the same key may have retired these counters meanwhile.
+            self._retired_counters.pop(cache_key, None)
+            self._counters[cache_key] = counters
+            self._totals.builds += 1
+            self._totals.build_seconds += seconds
+            self._builds += 1
+            entry = _Entry(
+                spec, value, key=key, cache_key=cache_key, counters=counters, seq=next(self._seq)
+            )
+            entry.recency = self._builds
+            # What getrefcount(entry.value) reads while nobody else holds it: the
+            # entry, the call's argument, and the object's own references to itself
+            # (a sqlite3 connection's statement cache holds two). Minus our `value`.
+            entry.own_refs = sys.getrefcount(value) - 1
         logger.info("built %s %s in %.3fs", spec.kind, cache_key[:12], seconds)
-        return _Entry(spec, value, cache_key, counters, seq)
+        return entry
 
     def _counters_for(self, spec: Spec[Any], cache_key: str) -> _Counters:
         with self._lock:
             counters = self._counters.get(cache_key)
             if counters is None:
-                counters = self._counters[cache_key] = _Counters(spec.kind)
+                counters = self._retired_counters.pop(cache_key, None) or _Counters(
+                    spec.kind, cache_key
+                )
+                self._counters[cache_key] = counters
             return counters
 
     def _count_error(self, counters: _Counters) -> None:
         with self._lock:
             counters.errors += 1
+            self._totals.errors += 1
+            self._drop_counters_if_idle(counters)
+
+    def _drop_counters_if_idle(self, counters: _Counters) -> None:
+        # Lock held. A key with no live object moves to the bounded list of
+        # retired keys; a build that succeeds later puts it back (see _build).
+        if counters.live or self._counters.get(counters.cache_key) is not counters:
+            return
+        del self._counters[counters.cache_key]
+        self._retired_counters[counters.cache_key] = counters
+        while len(self._retired_counters) > RETIRED_KEYS_KEPT:
+            self._retired_counters.popitem(last=False)  # its counts live on in totals()
 
     # -- bounding and closing -------------------------------------------------
 
     @property
     def max_entries(self) -> int | None:
-        """Bound on process-scoped entries; the least recently used are closed beyond it."""
+        """Bound on process-scoped entries; the least recently used are retired beyond it."""
         return self._max_entries
 
     @max_entries.setter
@@ -282,61 +414,114 @@ class Registry:
             raise ValueError("max_entries must be at least 1, or None for no bound")
         with self._lock:
             self._max_entries = value
-            evicted = self._evict_over_limit()
-        self._teardown(evicted)
+            self._evict_over_limit(keep=None)
+        self._close_ready()
 
-    def _evict_over_limit(self) -> list[_Entry]:
-        # Second-chance clock over build order: an entry hit since the last sweep
-        # moves to the back. This approximates LRU while keeping hits lock-free.
-        evicted: list[_Entry] = []
-        if self._max_entries is None:
-            return evicted
-        while len(self._entries) > self._max_entries:
-            key, entry = next(iter(self._entries.items()))
-            if entry.hits != entry.seen_hits and len(self._entries) > 1:
+    def _evict_over_limit(self, keep: _Entry | None) -> list[_Entry]:
+        """Retire least recently used entries beyond the bound (lock held).
+
+        Recency is tracked at the resolution of builds, so that a hit stays a
+        counter increment: an entry whose hit count changed since the last look
+        was used after every build so far. Entries in a `use()` block, and the
+        entry just built (`keep`), are never chosen; an entry some caller still
+        holds is chosen only when nothing else can go, and is then closed when
+        that caller is done.
+        """
+        if self._max_entries is None or len(self._entries) <= self._max_entries:
+            return []
+        now = self._builds
+        for entry in self._entries.values():
+            if entry.hits != entry.seen_hits:
                 entry.seen_hits = entry.hits
-                self._entries.move_to_end(key)
-                continue
-            del self._entries[key]
+                entry.recency = now
+        candidates = [e for e in self._entries.values() if e is not keep and not e.leases]
+        # Idle ones first, then least recently used, then oldest build.
+        candidates.sort(key=lambda e: (_outside_references(e) > 0, e.recency, e.seq))
+        evicted: list[_Entry] = []
+        for entry in candidates:
+            if len(self._entries) <= self._max_entries:
+                break
+            del self._entries[entry.key]
             evicted.append(entry)
             logger.info("evicted %s %s", entry.spec.kind, entry.cache_key[:12])
         self._retire(evicted)
         return evicted
 
     def evict(self, spec: Spec[Any]) -> bool:
-        """Close this process's object for `spec` now (and this thread's, for thread scope)."""
+        """Retire this process's object for `spec` (this thread's, for thread scope).
+
+        It is torn down now if nobody uses it, else when its last user is done.
+        """
         key = spec._instance_key()
         with self._lock:
             if spec.scope == "thread":
-                entry = self._thread_entries().pop(key, None)
+                entry = self._thread_record().entries.pop(key, None)
             else:
                 entry = self._entries.pop(key, None)
-        if entry is None:
-            return False
+            if entry is None:
+                return False
+            self._retire([entry])
         logger.info("evicted %s %s", entry.spec.kind, entry.cache_key[:12])
-        self._retire([entry])
-        self._teardown([entry])
+        self._close_ready()
         return True
 
     def close(self) -> None:
-        """Tear down every object built in this process, newest first.
+        """Retire every object in this process and tear down those nobody uses, newest first.
 
-        A failing teardown is logged and the others still run. The registry stays
+        Objects in use are torn down when their last user is done (see the module
+        docstring); other threads' objects are closed by their own threads. A
+        failing teardown is logged and the others still run. The registry stays
         usable: the next `get()` builds again. Stats are kept.
         """
         with self._lock:
-            entries = self._live_entries()
+            entries = list(self._entries.values())
             self._entries.clear()
-            for thread_entries, _ in self._threads.values():
-                thread_entries.clear()
+            for record in self._threads.values():
+                entries.extend(record.entries.values())
+                record.entries.clear()
             self._retire(entries)
-        self._teardown(sorted(entries, key=lambda e: e.seq, reverse=True))
+        self._close_ready()
 
     def _retire(self, entries: list[_Entry]) -> None:
+        # Lock held. Not live first: from here on no warm path hands the value out.
         for entry in entries:
-            entry.ok = False
-            entry.counters.retired_hits += entry.hits
+            entry.ok = entry.live = False
+        for entry in entries:
+            counters = entry.counters
+            counters.retired_hits += entry.hits
+            self._totals.retired_hits += entry.hits
             entry.hits = entry.seen_hits = 0
+            counters.live -= 1
+            self._drop_counters_if_idle(counters)
+            (entry.thread.retired if entry.thread is not None else self._deferred).append(entry)
+
+    def _close_ready(self) -> None:
+        """Tear down, newest first, the retired objects nobody uses that this thread may close.
+
+        Rounds, because one object may hold another (FileSpecs hold their shared
+        filesystem): closing the first frees the next.
+        """
+        while True:
+            with self._lock:
+                ready = self._take_ready()
+            if not ready:
+                return
+            self._teardown(sorted(ready, key=lambda e: e.seq, reverse=True))
+
+    def _take_ready(self) -> list[_Entry]:
+        # Lock held. Other threads' retired objects wait for their own thread.
+        pools = [self._deferred]
+        marker = getattr(self._local, "marker", None)
+        if marker is not None:
+            pools.append(marker.record.retired)
+        ready: list[_Entry] = []
+        for pool in pools:
+            waiting: list[_Entry] = []
+            for entry in pool:
+                busy = entry.leases or _outside_references(entry) > 0
+                (waiting if busy else ready).append(entry)
+            pool[:] = waiting
+        return ready
 
     def _teardown(self, entries: list[_Entry]) -> None:
         for entry in entries:
@@ -345,28 +530,73 @@ class Registry:
             except Exception:
                 logger.exception("closing %r failed", entry.spec)
             finally:
+                # Safe: the entry is not live, and any caller that saw it live
+                # already held the value (see the module docstring).
                 entry.value = None
+
+    # -- leases ----------------------------------------------------------------
+
+    @contextmanager
+    def use(self, spec: Spec[T]) -> Iterator[T]:
+        """The live object for `spec`, never torn down before the block ends."""
+        while True:
+            value, entry = self.lookup(spec)
+            if entry is NO_ENTRY:  # an override: nothing to hold
+                yield value
+                return
+            with self._lock:
+                if entry.live:
+                    entry.leases += 1
+                    break
+        try:
+            yield value
+        finally:
+            del value
+            with self._lock:
+                entry.leases -= 1
+                retired_and_free = not (entry.live or entry.leases)
+            if retired_and_free:
+                self._close_ready()
 
     # -- introspection --------------------------------------------------------
 
     def stats(self) -> dict[str, KeyStats]:
-        """Per cache key: builds, hits, errors, build seconds and live objects."""
+        """Per cache key: builds, hits, errors, build seconds and live objects.
+
+        Keys with a live object are always here; of keys whose objects are all
+        gone, the most recent 1024 are kept. `totals()` counts everything.
+        """
+        with self._lock:
+            hits = {key: c.retired_hits for key, c in self._counters.items()}
+            for entry in self._live_entries():
+                hits[entry.cache_key] = hits.get(entry.cache_key, 0) + entry.hits
+            result = {
+                key: KeyStats(c.kind, c.builds, c.retired_hits, c.errors, c.build_seconds, 0)
+                for key, c in self._retired_counters.items()
+            }
+            for key, c in self._counters.items():
+                result[key] = KeyStats(
+                    c.kind, c.builds, hits[key], c.errors, c.build_seconds, c.live
+                )
+            return result
+
+    def totals(self) -> KeyStats:
+        """Builds, hits, errors and build seconds of every key since the process started."""
         with self._lock:
             live = self._live_entries()
-            hits = {key: c.retired_hits for key, c in self._counters.items()}
-            count = dict.fromkeys(self._counters, 0)
-            for entry in live:
-                hits[entry.cache_key] += entry.hits
-                count[entry.cache_key] += 1
-            return {
-                key: KeyStats(c.kind, c.builds, hits[key], c.errors, c.build_seconds, count[key])
-                for key, c in self._counters.items()
-            }
+            return KeyStats(
+                "*",
+                self._totals.builds,
+                self._totals.retired_hits + sum(e.hits for e in live),
+                self._totals.errors,
+                self._totals.build_seconds,
+                len(live),
+            )
 
     def __len__(self) -> int:
         """Live objects in this process, all threads included."""
         with self._lock:
-            return len(self._entries) + sum(len(e) for e, _ in self._threads.values())
+            return len(self._entries) + sum(len(r.entries) for r in self._threads.values())
 
     def __contains__(self, spec: object) -> bool:
         instance_key = getattr(spec, "_instance_key", None)
@@ -374,10 +604,10 @@ class Registry:
             return False
         try:
             key = instance_key()
-        except HandlesError:  # a spec whose key cannot be computed was never built
+        except Exception:  # a spec whose key cannot be computed was never built
             return False
         if getattr(spec, "scope", None) == "thread":
-            return key in self._thread_entries()
+            return key in self._thread_record().entries
         return key in self._entries
 
     def __repr__(self) -> str:
@@ -403,8 +633,8 @@ class Registry:
 
     def _live_entries(self) -> list[_Entry]:
         entries = list(self._entries.values())
-        for thread_entries, _ in self._threads.values():
-            entries.extend(thread_entries.values())
+        for record in self._threads.values():
+            entries.extend(record.entries.values())
         return entries
 
     # -- fork -----------------------------------------------------------------
@@ -416,20 +646,43 @@ class Registry:
         self._lock.release()
 
     def _after_fork_in_child(self) -> None:
-        inherited = self._live_entries()
-        for _, finalizer in self._threads.values():
-            finalizer.detach()  # the parent's threads' objects are not ours to close
+        # Everything here is the parent's: keep it referenced, never close it.
+        inherited: list[Any] = [*self._live_entries(), *self._deferred]
+        for record in self._threads.values():
+            inherited.extend(record.retired)
+            inherited.append(record)
+            if record.finalizer is not None:
+                record.finalizer.detach()
         for entry in inherited:
-            entry.ok = False
-        overrides = self._overrides
+            if isinstance(entry, _Entry):
+                entry.ok = entry.live = False
+        overrides, max_entries = self._overrides, self._max_entries
         self._reset()
-        self._overrides = overrides
-        _fork_orphans.extend(inherited)
+        self._overrides, self._max_entries = overrides, max_entries
+        _fork.keep_forever(inherited)
 
 
-# Objects inherited from the parent across fork: referenced forever, so no
-# finalizer ever runs them down in the child.
-_fork_orphans: list[_Entry] = []
+_registries: weakref.WeakSet[Registry] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    for reg in list(_registries):
+        reg._before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for reg in list(_registries):
+        reg._after_fork_in_parent()
+
+
+def _after_fork_in_child() -> None:
+    for reg in list(_registries):
+        reg._after_fork_in_child()
+
+
+_fork.before(_before_fork)
+_fork.in_parent(_after_fork_in_parent)
+_fork.in_child(_after_fork_in_child)
 
 _registry = Registry()
 
@@ -457,14 +710,8 @@ def override(spec: Spec[T], value: T) -> Iterator[T]:
 def _close_at_exit() -> None:
     try:
         _registry.close()
-    except HandlesError:  # pragma: no cover - close() logs teardown errors itself
+    except Exception:  # pragma: no cover - close() logs teardown errors itself
         logger.exception("closing the registry at exit failed")
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_registry._before_fork,
-        after_in_parent=_registry._after_fork_in_parent,
-        after_in_child=_registry._after_fork_in_child,
-    )
 atexit.register(_close_at_exit)

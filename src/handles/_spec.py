@@ -16,6 +16,8 @@ and close its object::
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Self, TypeVar
 
 from pydantic import (
@@ -131,6 +133,16 @@ class Spec(BaseModel, Generic[T]):
             """The live object: built on first use in this process (or thread), then reused."""
             ...
 
+    @contextmanager
+    def use(self) -> Iterator[T]:
+        """The live object, held for the block: eviction and `close()` wait for its end.
+
+        `get()` objects are safe too while a caller holds a reference; `use()` also
+        keeps the registry from choosing this object to evict while the block runs.
+        """
+        with registry().use(self) as value:
+            yield value
+
     def build(self) -> T:
         """Create the live object. Kinds override; called once per process (or thread)."""
         raise NotImplementedError(f"{type(self).__name__} does not define build()")
@@ -162,7 +174,9 @@ class Spec(BaseModel, Generic[T]):
         try:
             return self._handles_key
         except AttributeError:
-            return self._compute_keys()[0]
+            pass
+        # Outside the except block, so an error here is not chained to the miss.
+        return self._compute_keys()[0]
 
     def identity(self) -> dict[str, Any]:
         """The identity fields as JSON data: exactly what `cache_key()` hashes besides kind."""
@@ -178,7 +192,8 @@ class Spec(BaseModel, Generic[T]):
         try:
             return self._handles_ikey
         except AttributeError:
-            return self._compute_keys()[1]
+            pass
+        return self._compute_keys()[1]
 
     def _roles_json(self) -> tuple[dict[str, Any], dict[str, Any]]:
         dumped = self.model_dump(mode="json")
@@ -234,9 +249,10 @@ class _Getter:
 
     def get(self) -> Any:
         entry = self.entry
+        value = entry.value  # before the ok check: see handles._registry
         if entry.ok:
             entry.hits += 1
-            return entry.value
+            return value
         value, self.entry = registry().lookup(self.spec)
         return value
 
@@ -252,7 +268,7 @@ class _ThreadGetter:
 
     def get(self) -> Any:
         entry = getattr(self.local, "entry", NO_ENTRY)
-        if entry.ok:
+        if entry.ok:  # only this thread tears its own objects down
             entry.hits += 1
             return entry.value
         value, self.local.entry = registry().lookup(self.spec)

@@ -3,7 +3,8 @@
     HandlesError
     ├── SpecError (also ValueError)             a spec's configuration is invalid
     ├── BuildError                              building the live object failed
-    └── MissingDependencyError (also ImportError)  an optional package is not installed
+    ├── MissingDependencyError (also ImportError)  an optional package is not installed
+    └── LockTimeout (also TimeoutError)         a lock was not free within its bound
 
 Every message names the spec kind (and the field where there is one), so a
 failure inside a worker process can be traced back to the configuration that
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
-__all__ = ["BuildError", "HandlesError", "MissingDependencyError", "SpecError"]
+__all__ = ["BuildError", "HandlesError", "LockTimeout", "MissingDependencyError", "SpecError"]
 
 # The name on the package index (`handles` there is an unrelated project); the
 # import name is `handles`. Install hints name its extras: "handle-specs[sql]".
@@ -115,3 +116,15 @@ class MissingDependencyError(HandlesError, ImportError):
         self.extra = extra
         self.kind = kind
         self.install = install
+
+
+class LockTimeout(HandlesError, TimeoutError):
+    """A lock handles queues on (SQLite's writer queue) was not free within its bound.
+
+    The message names the spec and, where known, the process holding the lock.
+    """
+
+    def __init__(self, message: str, *, kind: str, holder_pid: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.holder_pid = holder_pid

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BeforeValidator
 
+from handles import _fork
 from handles.exceptions import SpecError
 
 if TYPE_CHECKING:
@@ -201,8 +202,7 @@ def _forget_slot_in_child() -> None:
     _slot, _slot_fd = None, None
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_slot_in_child)
+_fork.in_child(_forget_slot_in_child)
 
 
 # -- closing ------------------------------------------------------------------

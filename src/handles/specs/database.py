@@ -44,7 +44,6 @@ which resolves relative paths where the spec is made.
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 import weakref
@@ -57,6 +56,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_serializer, field_validator
 
+from handles import _fork
 from handles._fields import Identity, Placement
 from handles._optional import require
 from handles._secrets import MASK, SecretRef, mask_url_password
@@ -316,18 +316,15 @@ def guard_against_fork(engine: Engine) -> None:
 
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
-# The parent's pools, in a forked child: never used, never collected.
-_inherited_pools: list[Any] = []
 
 
-def _after_fork_in_child() -> None:
+def _fresh_pools_in_child() -> None:
     for engine in list(_engines):
-        _inherited_pools.append(engine.pool)
+        _fork.keep_forever(engine.pool)
         engine.dispose(close=False)
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_fork.in_child(_fresh_pools_in_child)
 
 
 @lru_cache(maxsize=64)

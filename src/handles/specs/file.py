@@ -201,15 +201,17 @@ class FileSpec(Spec["AbstractFileSystem"]):
     # -- the live object -------------------------------------------------------
 
     def build(self) -> AbstractFileSystem:
-        fs = self._filesystem(shared=False)
+        # One filesystem per process for every FileSpec with the same protocol,
+        # options and secrets (fsspec itself shares instances the same way): a
+        # folder of 50,000 files is one filesystem, not 50,000.
+        fs = _shared_filesystem(self).get()
         self._probe(fs)
         return fs
 
     def teardown(self, value: AbstractFileSystem) -> None:
-        # fsspec filesystems have no close(). This instance is ours alone
-        # (skip_instance_cache), so dropping it releases its connections through
-        # the finalizers fsspec backends register; the listings cache goes now.
-        value.invalidate_cache()
+        # The filesystem is shared: its own registry entry closes it. Only this
+        # file's cached listing goes.
+        value.invalidate_cache(self.path)
 
     def fingerprint(self) -> Any:
         if not self.track_content:
@@ -251,14 +253,13 @@ class FileSpec(Spec["AbstractFileSystem"]):
         fsspec = require("fsspec", "file", kind=KIND)
         _check_protocol(fsspec, self.protocol)
         self._check_codec(fsspec)
-        # A deep copy: backends edit nested options in place (botocore rewrites
-        # config_kwargs["retries"]), which would change this spec's JSON under its key.
-        options: dict[str, Any] = {**deepcopy(self.storage_options), **self._resolved_secrets()}
-        if not shared:
-            options["skip_instance_cache"] = True
-        # url_to_fs also reads options the URL carries (an SFTP host, say).
-        fs, _ = fsspec.core.url_to_fs(self.url, **options)
-        return fs
+        return _open_filesystem(
+            fsspec,
+            self.protocol,
+            {**_url_options(fsspec, self), **self.storage_options},
+            self._resolved_secrets(),
+            shared=shared,
+        )
 
     def _resolved_secrets(self) -> dict[str, str]:
         return {name: ref.resolve(KIND, f"secrets.{name}") for name, ref in self.secrets.items()}
@@ -316,6 +317,61 @@ class FileSpec(Spec["AbstractFileSystem"]):
         from fsspec.utils import infer_compression
 
         return infer_compression(self.path)  # type: ignore[no-any-return]
+
+
+# -- the shared filesystem -------------------------------------------------------
+
+
+class _SharedFileSystem(Spec["AbstractFileSystem"]):
+    """This process's filesystem for one protocol, options and secrets (internal)."""
+
+    kind: Literal["file-system"] = "file-system"
+
+    protocol: Annotated[str, Identity]
+    options: Annotated[dict[str, JsonValue], Identity]
+    """storage_options plus what the URL itself says (an SFTP host and user, say)."""
+    secrets: Annotated[dict[str, SecretRef], Identity] = Field(default_factory=dict)
+
+    def build(self) -> AbstractFileSystem:
+        fsspec = require("fsspec", "file", kind=KIND)
+        secrets = {name: ref.resolve(KIND, f"secrets.{name}") for name, ref in self.secrets.items()}
+        return _open_filesystem(fsspec, self.protocol, self.options, secrets, shared=False)
+
+    def teardown(self, value: AbstractFileSystem) -> None:
+        # fsspec filesystems have no close(). This instance is ours alone
+        # (skip_instance_cache), so dropping it releases its connections through
+        # the finalizers fsspec backends register; the listings cache goes now.
+        value.invalidate_cache()
+
+
+def _shared_filesystem(spec: FileSpec) -> _SharedFileSystem:
+    fsspec = require("fsspec", "file", kind=KIND)
+    _check_protocol(fsspec, spec.protocol)
+    spec._check_codec(fsspec)
+    options = {**_url_options(fsspec, spec), **spec.storage_options}
+    return _SharedFileSystem(protocol=spec.protocol, options=options, secrets=spec.secrets)
+
+
+def _url_options(fsspec: ModuleType, spec: FileSpec) -> dict[str, Any]:
+    # What fsspec's url_to_fs would read from the URL besides the path.
+    cls = fsspec.get_filesystem_class(spec.protocol)
+    return dict(cls._get_kwargs_from_urls(spec.url))
+
+
+def _open_filesystem(
+    fsspec: ModuleType,
+    protocol: str,
+    options: Mapping[str, Any],
+    secrets: Mapping[str, str],
+    *,
+    shared: bool,
+) -> AbstractFileSystem:
+    # A deep copy: backends edit nested options in place (botocore rewrites
+    # config_kwargs["retries"]), which would change a spec's JSON under its key.
+    kwargs: dict[str, Any] = {**deepcopy(dict(options)), **secrets}
+    if not shared:
+        kwargs["skip_instance_cache"] = True
+    return fsspec.filesystem(protocol, **kwargs)
 
 
 # -- pure helpers ---------------------------------------------------------------

@@ -51,8 +51,10 @@ import os
 import re
 import sqlite3
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
@@ -60,10 +62,11 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from handles import _fork
 from handles._fields import Identity, Placement
 from handles._optional import require
 from handles._spec import Scope, Spec
-from handles.exceptions import SpecError
+from handles.exceptions import LockTimeout, SpecError
 from handles.specs.database import guard_against_fork
 
 if TYPE_CHECKING:
@@ -285,7 +288,9 @@ class SqliteSpec(Spec[sqlite3.Connection]):
                 yield conn
             return
         queue = (
-            nullcontext() if self.read_only else _writer_spec(self.path, self.memory).get().held()
+            nullcontext()
+            if self.read_only
+            else _writer_spec(self.path, self.memory).get().held(self._busy_seconds(), repr(self))
         )
         with queue:
             conn.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
@@ -312,7 +317,6 @@ class SqliteSpec(Spec[sqlite3.Connection]):
         if self.memory is not None:
             _keeper_spec(self.memory).get()  # keeps the database alive while threads come and go
         target = self._uri()
-        timeout = self.pragmas.get("busy_timeout")
         try:
             # check_same_thread=False: each thread still gets its own connection
             # from the registry, but the registry may close it from another
@@ -320,11 +324,15 @@ class SqliteSpec(Spec[sqlite3.Connection]):
             return sqlite3.connect(
                 target,
                 uri=True,
-                timeout=5.0 if timeout is None else int(timeout) / 1000,
+                timeout=self._busy_seconds(),
                 check_same_thread=False,
             )
         except sqlite3.OperationalError as exc:
             raise self._open_error(exc) from exc
+
+    def _busy_seconds(self) -> float:
+        timeout = self.pragmas.get("busy_timeout")
+        return 5.0 if timeout is None else int(timeout) / 1000
 
     def _uri(self) -> str:
         if self.memory is not None:
@@ -433,8 +441,12 @@ class _SqliteEngine(Spec["Engine"]):
 class _WriterLock:
     """Queues write transactions on one database: threads on a lock, processes on a file lock.
 
-    Built once per process through the registry, so a forked child opens its
-    own lock file descriptor (an inherited one would share the parent's lock).
+    Built once per process through the registry. Waiting is bounded (the spec's
+    busy timeout), so a stopped or hung holder makes the next writer fail with
+    LockTimeout instead of waiting forever; the holder writes its process id
+    into the lock file so that the error can name it. The descriptor is
+    close-on-exec, and a forked child closes its inherited copy at once (see
+    `_forget_lock_files_in_child`): it never holds its parent's lock.
     """
 
     def __init__(self, lock_file: str | None) -> None:
@@ -442,28 +454,66 @@ class _WriterLock:
         self._owner: int | None = None
         self._closing = False
         self._fd = _open_lock_file(lock_file) if lock_file else None
+        _lock_files.add(self)
 
     @contextmanager
-    def held(self) -> Iterator[None]:
+    def held(self, timeout: float, label: str) -> Iterator[None]:
         if self._owner == threading.get_ident():
             # This thread already writes through another connection: let SQLite
             # report that conflict instead of waiting for ourselves forever.
             yield
             return
-        with self._thread_lock:
+        deadline = time.monotonic() + timeout
+        if not self._thread_lock.acquire(timeout=max(timeout, 0)):
+            raise LockTimeout(
+                f"{label}: another thread of this process (pid {os.getpid()}) has held the "
+                f"writer queue for over {timeout:g} s (busy_timeout); is it stuck in a "
+                "transaction?",
+                kind="sqlite",
+                holder_pid=os.getpid(),
+            )
+        try:
             self._owner = threading.get_ident()
-            try:
-                with self._file_lock():
-                    yield
-            finally:
-                self._owner = None
-                if self._closing:
-                    self._close_fd()
+            with self._file_lock(deadline, timeout, label):
+                yield
+        finally:
+            self._owner = None
+            self._thread_lock.release()
+            if self._closing:
+                self.close()
 
-    def _file_lock(self) -> AbstractContextManager[None]:
-        if self._fd is None:
-            return nullcontext()
-        return _flocked(self._fd)
+    @contextmanager
+    def _file_lock(self, deadline: float, timeout: float, label: str) -> Iterator[None]:
+        fd = self._fd
+        if fd is None:
+            yield
+            return
+        import fcntl
+
+        # flock has no timeout: poll without blocking, with short sleeps so the
+        # queue stays close to first come, first served.
+        pause = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = _read_holder(fd)
+                    who = f"process {holder}" if holder else "another process"
+                    raise LockTimeout(
+                        f"{label}: {who} has held the writer queue for over {timeout:g} s "
+                        "(busy_timeout); is it stopped or stuck in a transaction?",
+                        kind="sqlite",
+                        holder_pid=holder,
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.01)
+        try:
+            _write_holder(fd)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         # A writer may hold the lock (the registry closes from any thread): it
@@ -481,15 +531,20 @@ class _WriterLock:
             self._fd = None
 
 
-@contextmanager
-def _flocked(fd: int) -> Iterator[None]:
-    import fcntl
-
-    fcntl.flock(fd, fcntl.LOCK_EX)
+def _write_holder(fd: int) -> None:
     try:
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:  # only the error message needs it
+        pass
+
+
+def _read_holder(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def _open_lock_file(path: str) -> int | None:
@@ -502,6 +557,22 @@ def _open_lock_file(path: str) -> int | None:
     except OSError as exc:
         logger.warning("cannot open %s (%s): writers queue per process only", path, exc.strerror)
         return None
+
+
+_lock_files: weakref.WeakSet[_WriterLock] = weakref.WeakSet()
+
+
+def _forget_lock_files_in_child() -> None:
+    # Close, never unlock: unlocking would release the parent's lock, since both
+    # descriptors share one open file. The registry keeps the objects referenced.
+    for lock in list(_lock_files):
+        if lock._fd is not None:
+            with suppress(OSError):
+                os.close(lock._fd)
+            lock._fd = None
+
+
+_fork.in_child(_forget_lock_files_in_child)
 
 
 class _SqliteWriterLock(Spec[_WriterLock]):
