@@ -76,7 +76,8 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    install(session, "-e", ".[all]", "mkdocs-material", "mkdocstrings[python]")
+    # mkdocstrings formats the signatures with ruff.
+    install(session, "-e", ".[all]", "mkdocs-material", "mkdocstrings[python]", "ruff")
     session.run("mkdocs", "build", "--strict", "--site-dir", "site")
 
 

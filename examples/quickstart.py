@@ -36,10 +36,11 @@ class LookupTableSpec(Spec[dict[str, str]]):
             return {row[self.key]: row[self.value] for row in csv.DictReader(fh)}
 
 
-def lookup(table: LookupTableSpec, code: str) -> tuple[int, str, handles.KeyStats]:
+def lookup(table: LookupTableSpec, code: str) -> tuple[int, str, str, handles.KeyStats]:
     # Runs in a worker: the first call there loads the CSV, the rest reuse it.
     name = table.get()[code]
-    return os.getpid(), name, handles.registry().stats()[table.cache_key()]
+    key = table.cache_key()  # computed again here, in the worker
+    return os.getpid(), name, key, handles.registry().stats()[key]
 
 
 def main() -> None:
@@ -52,7 +53,12 @@ def main() -> None:
 
         table = LookupTableSpec(path=str(path))
         print(f"spec:       {table!r}")
-        print(f"cache key:  {table.cache_key()[:16]}… (same in every process and run)")
+        # The key hashes the kind, its schema version and the identity fields (path,
+        # key, value), never encoding: equal specs give equal keys in every process,
+        # machine and run. This run's path is a new temporary file, so a new key.
+        print(
+            f"cache key:  {table.cache_key()[:16]}… (from kind, schema version, path, key, value)"
+        )
         table_bytes = len(pickle.dumps(table.get()))
         print(f"pickled:    {len(pickle.dumps(table))} bytes (the table: {table_bytes:,} bytes)")
 
@@ -62,9 +68,12 @@ def main() -> None:
             results = list(pool.map(lookup, [table] * len(codes), codes))
 
         # Each result carries its worker's stats; the last one per worker is the total.
-        stats = {pid: s for pid, _, s in results}
+        stats = {pid: s for pid, _, _, s in results}
+        keys = {key for _, _, key, _ in results}
+        assert keys == {table.cache_key()}, "every worker computes the same key"
 
         print(f"tasks:      {len(results)} lookups, e.g. {codes[1]} -> {results[1][1]!r}")
+        print(f"key in the workers: the same as here ({len(stats)} processes, 1 key)")
         for pid, s in sorted(stats.items()):
             print(
                 f"worker {pid}: builds={s.builds} hits={s.hits} build_seconds={s.build_seconds:.3f}"

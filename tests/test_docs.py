@@ -63,3 +63,23 @@ def test_readme_main_demo_runs(tmp_path):
     assert out.count("Starting temporary server") == 1, out
     assert "Traceback" not in out
     assert "| ERROR" not in out
+
+
+def test_reference_has_one_heading_per_public_name():
+    import handles
+
+    reference = (DOCS / "reference.md").read_text(encoding="utf-8")
+    documented = re.findall(r"^::: handles\.(\w+)$", reference, re.MULTILINE)
+    assert sorted(set(documented)) == sorted(documented), "a name documented twice"
+    assert set(handles.__all__) <= set(documented)
+    # mkdocstrings gives each `:::` entry its own heading and signature only with these.
+    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    assert "show_root_heading: true" in config
+    assert "separate_signature: true" in config
+
+
+def test_every_page_is_in_the_site_and_the_command_line_is_linked():
+    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    pages = {page_id(p) for p in PAGES if p.is_relative_to(DOCS)}
+    assert {p for p in pages if f": {p}" not in config} == set()
+    assert "(docs/cli.md)" in (ROOT / "README.md").read_text(encoding="utf-8")
