@@ -1,10 +1,17 @@
-"""Run every bench/bench_*.py; write docs/benchmarks.md and docs/benchmarks.png from their output.
+"""Run every bench/bench_*.py; write a report (page, chart, raw JSON) from their output.
 
-    python bench/report.py [--only NAME ...]
+    python bench/report.py [--only NAME ...] [--quick] [--update-docs]
+
+The report goes to bench/out/ (not tracked), so a run never changes the checkout;
+`--update-docs` writes docs/benchmarks.{md,png,json} instead, for a commit. `--quick`
+runs every benchmark briefly, to check that the scripts work: its numbers mean little,
+and it cannot update the docs.
 
 Each benchmark writes its results with `--json PATH`: a mapping of section name to
 either a mapping of label -> number (rendered as a table) or a string (rendered as
-a line). Numbers on the page come only from those files.
+a line). Numbers on the page come only from those files. A benchmark states its
+goals in "goals" and whether each was met in "met"; the exit status is 1 when any
+goal was missed (the report is written first), so a regression fails the run.
 """
 
 from __future__ import annotations
@@ -21,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = ROOT / "docs" / "benchmarks.md"
-CHART = ROOT / "docs" / "benchmarks.png"
-DATA = ROOT / "docs" / "benchmarks.json"  # the raw results the page is rendered from
+DOCS = ROOT / "docs"
+OUT = ROOT / "bench" / "out"  # gitignored
+PAGE, CHART, DATA = "benchmarks.md", "benchmarks.png", "benchmarks.json"  # DATA: raw results
 
 
-def run_benchmarks(only: list[str]) -> dict[str, dict[str, Any]]:
+def run_benchmarks(only: list[str], quick: bool) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for script in sorted((ROOT / "bench").glob("bench_*.py")):
@@ -35,7 +42,8 @@ def run_benchmarks(only: list[str]) -> dict[str, dict[str, Any]]:
                 continue
             out = Path(tmp) / f"{name}.json"
             print(f"--- {script.relative_to(ROOT)}", flush=True)
-            subprocess.run([sys.executable, str(script), "--json", str(out)], check=True, cwd=ROOT)
+            command = [sys.executable, str(script), "--json", str(out)]
+            subprocess.run([*command, "--quick"] if quick else command, check=True, cwd=ROOT)
             results[name] = json.loads(out.read_text(encoding="utf-8"))
     return results
 
@@ -44,7 +52,8 @@ def render(results: dict[str, dict[str, Any]]) -> str:
     lines = [
         "# Benchmarks",
         "",
-        "Written by `nox -s bench` (`bench/report.py`) from the benchmarks' own output on "
+        "Written by `nox -s bench -- --update-docs` (`bench/report.py`) from the benchmarks' "
+        "own output on "
         f"{date.today().isoformat()}; nothing on this page is typed by hand. Each benchmark "
         "measures its contenders side by side in one run, so read the ratios: absolute times "
         "move with the machine.",
@@ -83,8 +92,24 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def chart(results: dict[str, dict[str, Any]]) -> None:
-    import matplotlib
+def missed_goals(results: dict[str, dict[str, Any]]) -> list[str]:
+    """ "name: ratio = value (goal ...)" for every goal a benchmark reports as missed."""
+    missed = []
+    for name, sections in results.items():
+        for label, met in sections.get("met", {}).items():
+            if not met:
+                value = sections.get("ratios", {}).get(label)
+                shown = f" = {_fmt(value)}" if value is not None else ""
+                missed.append(f"{name}: {label}{shown} (goal {sections['goals'][label]})")
+    return missed
+
+
+def chart(results: dict[str, dict[str, Any]], path: Path) -> None:
+    try:
+        import matplotlib
+    except ImportError:  # nox -s bench installs it
+        print(f"{path.name} not drawn: matplotlib is not installed")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -102,24 +127,37 @@ def chart(results: dict[str, dict[str, Any]]) -> None:
     for y, v in enumerate(values):
         ax.text(v, y, f" {v:.2f}", va="center", fontsize=8)
     fig.tight_layout()
-    fig.savefig(CHART, dpi=110)
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=[], help="benchmark names (bench_NAME.py)")
+    parser.add_argument("--quick", action="store_true", help="a short run that checks the scripts")
     parser.add_argument(
-        "--render-only", action="store_true", help=f"re-render from {DATA.name}, run nothing"
+        "--update-docs", action="store_true", help=f"write docs/{PAGE} (+ chart, data)"
+    )
+    parser.add_argument(
+        "--render-only", action="store_true", help=f"re-render from {DATA}, run nothing"
     )
     args = parser.parse_args()
+    if args.quick and args.update_docs:
+        parser.error("--quick numbers never go into the docs")
+    folder = DOCS if args.update_docs else OUT
+    folder.mkdir(parents=True, exist_ok=True)
     if args.render_only:
-        results = json.loads(DATA.read_text(encoding="utf-8"))
+        results = json.loads((folder / DATA).read_text(encoding="utf-8"))
     else:
-        results = run_benchmarks(args.only)
-        DATA.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    PAGE.write_text(render(results), encoding="utf-8")
-    chart(results)
-    print(f"wrote {PAGE.relative_to(ROOT)} and {CHART.relative_to(ROOT)}")
+        results = run_benchmarks(args.only, args.quick)
+        (folder / DATA).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (folder / PAGE).write_text(render(results), encoding="utf-8")
+    chart(results, folder / CHART)
+    print(f"wrote {(folder / PAGE).relative_to(ROOT)} (and its chart and data) in {folder}")
+    missed = missed_goals(results)
+    for line in missed:
+        print(f"MISSED {line}")
+    if missed:
+        sys.exit(f"{len(missed)} benchmark goal(s) missed")
 
 
 if __name__ == "__main__":
