@@ -16,6 +16,7 @@ PUBLIC = {
     "HandlesError",
     "Identity",
     "KeyStats",
+    "LockTimeout",
     "MissingDependencyError",
     "Placement",
     "Registry",

@@ -16,7 +16,13 @@ from handles._optional import require
 from handles._registry import KeyStats, Registry, override, registry
 from handles._secrets import SecretRef
 from handles._spec import Scope, Spec
-from handles.exceptions import BuildError, HandlesError, MissingDependencyError, SpecError
+from handles.exceptions import (
+    BuildError,
+    HandlesError,
+    LockTimeout,
+    MissingDependencyError,
+    SpecError,
+)
 
 if TYPE_CHECKING:  # what the lazy exports below resolve to, for type checkers
     from handles.specs.database import DatabaseSpec
@@ -64,6 +70,7 @@ __all__ = [
     "HandlesError",
     "Identity",
     "KeyStats",
+    "LockTimeout",
     "MissingDependencyError",
     "Placement",
     "Registry",

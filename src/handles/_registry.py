@@ -191,11 +191,6 @@ class _ThreadMarker:
         self.record = record
 
 
-def _outside_references(entry: _Entry) -> int:
-    """References to `entry.value` beyond those it had when built (0: nobody holds it)."""
-    return sys.getrefcount(entry.value) - entry.own_refs
-
-
 class Registry:
     """This process's live objects. Get it with `handles.registry()`."""
 
@@ -216,8 +211,14 @@ class Registry:
         self._local = threading.local()
         self._threads: dict[int, _ThreadRecord] = {}
         self._deferred: list[_Entry] = []  # process scope, retired while in use
+        self._holders: dict[int, int] = {}  # id(object) -> entries holding it, not torn down
         self._seq = itertools.count()
         self._builds = 0  # the clock of the LRU order
+
+    def _outside_references(self, entry: _Entry) -> int:
+        """References to `entry.value` from outside the registry (0: nobody uses it)."""
+        others = self._holders.get(id(entry.value), 1) - 1
+        return sys.getrefcount(entry.value) - entry.own_refs - others
 
     # -- getting -------------------------------------------------------------
 
@@ -370,8 +371,12 @@ class Registry:
             entry.recency = self._builds
             # What getrefcount(entry.value) reads while nobody else holds it: the
             # entry, the call's argument, and the object's own references to itself
-            # (a sqlite3 connection's statement cache holds two). Minus our `value`.
-            entry.own_refs = sys.getrefcount(value) - 1
+            # (a sqlite3 connection's statement cache holds two). Minus our `value`,
+            # and minus other entries holding the same object (FileSpecs share one
+            # filesystem), which are counted apart.
+            holders = self._holders.get(id(value), 0)
+            entry.own_refs = sys.getrefcount(value) - 1 - holders
+            self._holders[id(value)] = holders + 1
         logger.info("built %s %s in %.3fs", spec.kind, cache_key[:12], seconds)
         return entry
 
@@ -436,7 +441,7 @@ class Registry:
                 entry.recency = now
         candidates = [e for e in self._entries.values() if e is not keep and not e.leases]
         # Idle ones first, then least recently used, then oldest build.
-        candidates.sort(key=lambda e: (_outside_references(e) > 0, e.recency, e.seq))
+        candidates.sort(key=lambda e: (self._outside_references(e) > 0, e.recency, e.seq))
         evicted: list[_Entry] = []
         for entry in candidates:
             if len(self._entries) <= self._max_entries:
@@ -518,7 +523,7 @@ class Registry:
         for pool in pools:
             waiting: list[_Entry] = []
             for entry in pool:
-                busy = entry.leases or _outside_references(entry) > 0
+                busy = entry.leases or self._outside_references(entry) > 0
                 (waiting if busy else ready).append(entry)
             pool[:] = waiting
         return ready
@@ -530,9 +535,19 @@ class Registry:
             except Exception:
                 logger.exception("closing %r failed", entry.spec)
             finally:
-                # Safe: the entry is not live, and any caller that saw it live
-                # already held the value (see the module docstring).
-                entry.value = None
+                self._forget_value(entry)
+
+    def _forget_value(self, entry: _Entry) -> None:
+        with self._lock:
+            ident = id(entry.value)
+            left = self._holders.get(ident, 1) - 1
+            if left > 0:
+                self._holders[ident] = left
+            else:
+                self._holders.pop(ident, None)
+            # Safe: the entry is not live, and any caller that saw it live
+            # already held the value (see the module docstring).
+            entry.value = None
 
     # -- leases ----------------------------------------------------------------
 

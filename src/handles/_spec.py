@@ -16,8 +16,7 @@ and close its object::
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Self, TypeVar
 
 from pydantic import (
@@ -133,15 +132,13 @@ class Spec(BaseModel, Generic[T]):
             """The live object: built on first use in this process (or thread), then reused."""
             ...
 
-    @contextmanager
-    def use(self) -> Iterator[T]:
+    def use(self) -> AbstractContextManager[T]:
         """The live object, held for the block: eviction and `close()` wait for its end.
 
         `get()` objects are safe too while a caller holds a reference; `use()` also
         keeps the registry from choosing this object to evict while the block runs.
         """
-        with registry().use(self) as value:
-            yield value
+        return registry().use(self)
 
     def build(self) -> T:
         """Create the live object. Kinds override; called once per process (or thread)."""
