@@ -77,6 +77,9 @@ def build_inputs(folder: Path) -> tuple[SqliteSpec, SpacySpec]:
     import spacy
 
     with sqlite3.connect(folder / "people.db") as conn:
+        # WAL, the mode SqliteSpec's default pragmas ask for: the two workers' first
+        # connections then find nothing to switch (a switch needs the database alone).
+        conn.execute("pragma journal_mode = wal")
         conn.execute("create table people (name text primary key)")
         conn.executemany("insert into people values (?)", [("Ada Lovelace",), ("Alan Turing",)])
     conn.close()
