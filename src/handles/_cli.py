@@ -16,7 +16,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from handles._kinds import known_kinds, load_kind, spec_from_json
 from handles.exceptions import HandlesError
@@ -24,16 +24,29 @@ from handles.exceptions import HandlesError
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         return int(args.run(args))
     except HandlesError as exc:
-        print(f"handles: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
+    except Exception as exc:  # bad input must never end in a traceback
+        return _fail(f"{type(exc).__name__}: {exc}")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.exit(_fail(f"{message} (see handles --help)"))
+
+
+def _fail(message: str) -> int:
+    # One line, whatever the message holds (several problems, lone surrogates).
+    line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(f"handles: {line}".encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
+    return 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="handles", description="Inspect handle specs, their schemas and task arguments."
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -72,10 +85,12 @@ def _read_spec_text(source: str) -> str:
         return sys.stdin.read()
     if source.lstrip().startswith("{"):
         return source
-    path = Path(source)
-    if not path.is_file():
-        raise HandlesError(f"{source!r} is neither spec JSON nor a readable file")
-    return path.read_text(encoding="utf-8")
+    try:
+        return Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        shown = repr(source if len(source) <= 80 else source[:77] + "...")
+        raise HandlesError(f"{shown} is neither spec JSON nor a readable file ({reason})") from None
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -25,11 +25,12 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     ValidationError,
     model_serializer,
+    model_validator,
 )
 
 from handles import _kinds
 from handles._fields import split_roles
-from handles._keys import canonical, canonical_json, digest
+from handles._keys import canonical, canonical_json, digest, unkeyable
 from handles._registry import NO_ENTRY, registry
 from handles.exceptions import SpecError
 
@@ -100,6 +101,19 @@ class Spec(BaseModel, Generic[T]):
         """A validated copy with `changes` applied (unlike `model_copy`, which skips validation)."""
         return self.model_validate({**self.model_dump(), **changes})
 
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unkeyable(cls, data: Any) -> Any:
+        # Before any field validator: a lone surrogate, NaN or 5,000-deep list
+        # would otherwise fail later, in cache_key(), get() or a JSON dump.
+        if isinstance(data, dict):
+            found = unkeyable(data)
+            if found is not None:
+                where, why = found
+                field, _, inner = where.partition(".")
+                raise SpecError.one(cls.__name__, field, f"{inner} {why}" if inner else why)
+        return data
+
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
@@ -160,6 +174,20 @@ class Spec(BaseModel, Generic[T]):
         """
         return None
 
+    def _checked_fingerprint(self) -> Any:
+        # A path no file system accepts (a 300-character name: ENAMETOOLONG) or
+        # cannot read fails here, in cache_key(): a SpecError naming the field.
+        try:
+            return self.fingerprint()
+        except OSError as exc:
+            name = str(exc.filename) if exc.filename is not None else ""
+            values = [(f, v) for f, v in self if name and isinstance(v, str) and v]
+            field = next((f for f, v in values if name.startswith(v) or v.startswith(name)), "")
+            reason = exc.strerror or type(exc).__name__
+            raise SpecError.one(
+                type(self).__name__, field, f"cannot read {name!r} for the key: {reason}"
+            ) from None
+
     # -- keys -----------------------------------------------------------------
 
     def cache_key(self) -> str:
@@ -208,7 +236,7 @@ class Spec(BaseModel, Generic[T]):
             "schema": self.schema_version,
             "identity": identity,
         }
-        content = self.fingerprint()
+        content = self._checked_fingerprint()
         if content is not None:
             payload["content"] = content
         key = digest(payload)
