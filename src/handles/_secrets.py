@@ -7,15 +7,24 @@ on the worker. repr, JSON, pickle and cache keys see only the reference.
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, model_serializer, model_validator
 
 from handles.exceptions import SpecError
 
-__all__ = ["SecretRef", "mask_url_password", "split_url_password"]
+__all__ = [
+    "DatabaseURL",
+    "SecretRef",
+    "mask_url_password",
+    "parse_database_url",
+    "split_url_password",
+    "url_has_password",
+]
 
 MASK = "***"
 
@@ -98,3 +107,76 @@ def _with_password(parts: SplitResult, password: str) -> SplitResult:
     host = parts.netloc.rpartition("@")[2]
     user = parts.username or ""
     return parts._replace(netloc=f"{user}:{password}@{host}")
+
+
+def url_has_password(url: str) -> bool:
+    """Does any common parser read a password in `url`?
+
+    urlsplit (fsspec's, for ftp and sftp) stops the authority at the first '/',
+    '?' or '#'; SQLAlchemy's and other greedy parsers read `user:pass@` up to
+    the first '@', so `u:#x@h`, `u:/x@h`, `u:?x@h` and `u:12/x@h` hold a
+    password for them. Both readings count.
+    """
+    if split_url_password(url)[1] is not None:
+        return True
+    _, sep, rest = url.partition("://")
+    return bool(sep) and _GREEDY_USERINFO.match(rest) is not None
+
+
+_GREEDY_USERINFO = re.compile(r"[^:/@]*:[^@]*@")
+
+# SQLAlchemy's own URL pattern (sqlalchemy.engine.url._parse_url, the same from
+# 1.4 to 2.1), copied so that making a DatabaseSpec needs no SQLAlchemy import.
+# DatabaseSpec.build() checks that SQLAlchemy reads the same password, and
+# tests/test_hostile_input.py compares the two on generated URLs.
+_DATABASE_URL = re.compile(
+    r"""
+        (?P<name>[\w\+]+)://
+        (?:
+            (?P<username>[^:/]*)
+            (?::(?P<password>[^@]*))?
+        @)?
+        (?:
+            (?:
+                \[(?P<ipv6host>[^/\?]+)\] |
+                (?P<ipv4host>[^/:\?]+)
+            )?
+            (?::(?P<port>[^/\?]*))?
+        )?
+        (?:/(?P<database>[^\?]*))?
+        (?:\?(?P<query>.*))?
+    """,
+    re.X,
+)
+
+
+@dataclass(frozen=True)
+class DatabaseURL:
+    """A database URL as SQLAlchemy reads it: the parts handles checks and masks."""
+
+    masked: str  # the URL as written, with a non-empty password replaced by ***
+    password: str | None  # unquoted, as SQLAlchemy passes it to the driver
+    host: str | None
+    port: str | None
+    query: tuple[tuple[str, str], ...]  # (name, value) pairs, as SQLAlchemy reads them
+
+
+def parse_database_url(url: str) -> DatabaseURL | None:
+    """`url` read the way `sqlalchemy.engine.make_url` reads it; None if it cannot."""
+    match = _DATABASE_URL.match(url)
+    if match is None:
+        return None
+    raw_password = match["password"]
+    password = None if raw_password is None else unquote(raw_password)
+    masked = url
+    if raw_password:
+        start, end = match.span("password")
+        masked = url[:start] + MASK + url[end:]
+    query = tuple(parse_qsl(match["query"])) if match["query"] is not None else ()
+    return DatabaseURL(
+        masked=masked,
+        password=password,
+        host=match["ipv4host"] or match["ipv6host"],
+        port=match["port"],
+        query=query,
+    )

@@ -52,14 +52,13 @@ from contextlib import contextmanager
 from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_serializer, field_validator
 
 from handles import _fork
 from handles._fields import Identity, Placement
 from handles._optional import require
-from handles._secrets import MASK, SecretRef, mask_url_password
+from handles._secrets import MASK, SecretRef, parse_database_url
 from handles._spec import Spec
 from handles.exceptions import MissingDependencyError, SpecError
 
@@ -127,11 +126,17 @@ class DatabaseSpec(Spec["Engine"]):
                 f"unknown database dialect {dialect!r}; SQLAlchemy has {builtin} "
                 "and those installed packages register"
             )
-        parts = urlsplit(url)
-        try:
-            parts.port  # noqa: B018 - parsing is the check
-        except ValueError:
-            raise ValueError("has a port that is not a number from 0 to 65535") from None
+        # Read as SQLAlchemy reads it (its own pattern), so the password masked
+        # here is the one it sends: `u:#x@h`, `u:/x@h`, `u:12/x@h` included.
+        parts = parse_database_url(url)
+        if parts is None:
+            raise ValueError("is not a URL SQLAlchemy can read")
+        port = parts.port
+        if port and not (port.isascii() and port.isdigit() and int(port) <= 65535):
+            raise ValueError("has a port that is not a number from 0 to 65535")
+        for name, _ in parts.query:
+            if name.lower() in _CREDENTIAL_ARGS:
+                raise ValueError(_literal_credential(f"has {name}= in its query string", name))
         if parts.password == MASK:
             raise ValueError(
                 f"has a masked password ({MASK}), as in a spec dumped to JSON: "
@@ -149,9 +154,18 @@ class DatabaseSpec(Spec["Engine"]):
     @classmethod
     def _one_password(cls, value: SecretRef | None, info: ValidationInfo) -> SecretRef | None:
         url = info.data.get("url")
-        if value is not None and url is not None and urlsplit(url).password is not None:
+        parts = parse_database_url(url) if url is not None else None
+        if value is not None and parts is not None and parts.password is not None:
             raise ValueError("is given twice: remove the password from the URL")
         return value
+
+    @field_validator("connect_args")
+    @classmethod
+    def _no_literal_secrets(cls, args: dict[str, Any]) -> dict[str, Any]:
+        for name in sorted(args):
+            if name.lower() in _CREDENTIAL_ARGS:
+                raise ValueError(_literal_credential(f"holds {name!r}", name))
+        return args
 
     @field_validator("workers")
     @classmethod
@@ -175,11 +189,11 @@ class DatabaseSpec(Spec["Engine"]):
 
     @field_serializer("url")
     def _masked_url(self, url: str) -> str:
-        return mask_url_password(url)
+        return _masked(url)
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
-            yield name, mask_url_password(value) if name == "url" else value
+            yield name, _masked(value) if name == "url" else value
 
     def replace(self, **changes: Any) -> DatabaseSpec:
         # The dump masks a plain password; carry the real URL over unless replaced.
@@ -255,6 +269,16 @@ class DatabaseSpec(Spec["Engine"]):
             ) from None
         except sa.exc.ArgumentError as exc:
             raise SpecError.one(self._name, "url", f"is not a valid URL: {exc}") from None
+        ours = parse_database_url(self.url)
+        if ours is None or (ours.password, ours.host) != (url.password, url.host):
+            # Masking reads the URL with a copy of SQLAlchemy's pattern; never
+            # connect where the two readings differ.
+            raise SpecError.one(
+                self._name,
+                "url",
+                f"SQLAlchemy {sa.__version__} reads this URL's password or host differently "
+                "from handles: give the password as a secret reference",
+            )
         if dialect.is_async:
             raise SpecError.one(
                 self._name,
@@ -285,7 +309,7 @@ class DatabaseSpec(Spec["Engine"]):
         except sa.exc.DBAPIError as exc:
             detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             raise SpecError.one(
-                self._name, "url", f"cannot connect to {mask_url_password(self.url)}: {detail}"
+                self._name, "url", f"cannot connect to {_masked(self.url)}: {detail}"
             ) from exc
 
     def _warn_over_server_limit(self, conn: Connection, sa: Any) -> None:
@@ -325,6 +349,25 @@ def _fresh_pools_in_child() -> None:
 
 
 _fork.in_child(_fresh_pools_in_child)
+
+
+# Names that carry a credential in a URL's query string or in connect_args: refused
+# as literals, since those show in repr, JSON and the key.
+_CREDENTIAL_ARGS = frozenset({"password", "passwd", "pwd", "sslpassword"})
+
+
+def _literal_credential(where: str, name: str) -> str:
+    hint = (
+        "give the password as a secret reference, password='env:NAME' or password='file:/path'"
+        if name.lower() != "sslpassword"
+        else "keep it in the driver's own configuration on the worker"
+    )
+    return f"{where}, a literal credential that would show in repr, JSON and the key: {hint}"
+
+
+def _masked(url: str) -> str:
+    parts = parse_database_url(url)
+    return parts.masked if parts is not None else url
 
 
 @lru_cache(maxsize=64)

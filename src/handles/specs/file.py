@@ -56,7 +56,7 @@ from pydantic import Field, JsonValue, PositiveInt, ValidationInfo, field_valida
 
 from handles._fields import Identity, Placement
 from handles._optional import require
-from handles._secrets import SecretRef, split_url_password
+from handles._secrets import SecretRef, url_has_password
 from handles._spec import Spec
 from handles.exceptions import BuildError, MissingDependencyError, SpecError
 from handles.specs._atomic import held_upload, replace_via_temp
@@ -385,9 +385,13 @@ def normalize_url(url: str) -> str:
         raise ValueError("missing path: the URL is empty")
     if "::" in url:
         raise ValueError("chained URLs ('a::b') are not supported: a FileSpec names one file")
-    if split_url_password(url)[1] is not None:
+    if url_has_password(url):
+        # As user:password@host to urlsplit (fsspec's parser) or to a greedy one
+        # (u:#x@h, u:/x@h): either way a secret would show in repr, JSON and keys.
         raise ValueError(
-            "the URL contains a password: remove it and pass secrets={'password': 'env:NAME'}"
+            "the URL contains a password (it reads as user:password@host): remove it and pass "
+            "secrets={'password': 'env:NAME'} (for an '@' in a path after host:port, give "
+            "the host in storage_options and the URL as proto:///path)"
         )
     scheme, sep, rest = url.partition("://")
     if not sep:
