@@ -84,6 +84,9 @@ def test_a_masked_password_from_json_asks_for_a_secret_reference():
 
 def test_secret_reference_is_read_in_build_and_never_shown(monkeypatch, tmp_path):
     monkeypatch.setenv("HANDLES_TEST_DB_PASSWORD", SECRET)
+    # The worker lets specs from JSON use this secret, and send it to this host only.
+    monkeypatch.setenv("HANDLES_ALLOW_SECRETS", "env:HANDLES_TEST_DB_PASSWORD")
+    monkeypatch.setenv("HANDLES_ALLOW_HOSTS", "db.invalid")
     spec = DatabaseSpec(
         url="postgresql+psycopg://app@db.invalid/sales",
         password="env:HANDLES_TEST_DB_PASSWORD",

@@ -79,6 +79,10 @@ def s3_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv(KEY_ENV, "testing-key-id")
     monkeypatch.setenv(SECRET_ENV, SECRET_VALUE)
+    # These specs travel as JSON too: the worker allows their secrets, sent only
+    # to the test buckets on the loopback moto server (see docs/security.md).
+    monkeypatch.setenv("HANDLES_ALLOW_SECRETS", "env:HANDLES_TEST_S3_*")
+    monkeypatch.setenv("HANDLES_ALLOW_HOSTS", "handles-*,127.0.0.1")
     return dict(os.environ)
 
 

@@ -24,11 +24,12 @@ from pydantic import (
     ConfigDict,
     SerializerFunctionWrapHandler,
     ValidationError,
+    ValidationInfo,
     model_serializer,
     model_validator,
 )
 
-from handles import _kinds
+from handles import _kinds, _trust
 from handles._fields import split_roles
 from handles._keys import canonical, canonical_json, digest, unkeyable
 from handles._registry import NO_ENTRY, registry
@@ -78,8 +79,13 @@ class Spec(BaseModel, Generic[T]):
     # -- construction -----------------------------------------------------------
 
     def __init__(self, /, **data: Any) -> None:
+        # What BaseModel.__init__ does, marked trusted: Python code made this spec.
+        # Validation from data (JSON, dicts, Prefect parameters) is untrusted
+        # unless its caller says otherwise: see handles._trust.
         try:
-            super().__init__(**data)
+            self.__pydantic_validator__.validate_python(
+                data, self_instance=self, context=_trust.TRUSTED
+            )
         except ValidationError as exc:
             raise SpecError.from_validation(type(self).__name__, exc) from None
 
@@ -99,7 +105,7 @@ class Spec(BaseModel, Generic[T]):
 
     def replace(self, **changes: Any) -> Self:
         """A validated copy with `changes` applied (unlike `model_copy`, which skips validation)."""
-        return self.model_validate({**self.model_dump(), **changes})
+        return self.model_validate({**self.model_dump(), **changes}, context=_trust.TRUSTED)
 
     @model_validator(mode="before")
     @classmethod
@@ -113,6 +119,23 @@ class Spec(BaseModel, Generic[T]):
                 field, _, inner = where.partition(".")
                 raise SpecError.one(cls.__name__, field, f"{inner} {why}" if inner else why)
         return data
+
+    @model_validator(mode="after")
+    def _check_trust(self, info: ValidationInfo) -> Self:
+        # From untrusted data, secret references and whatever the kind lists
+        # need the worker's consent: every problem in one error.
+        if _trust.untrusted(info):
+            problems = [*_trust.secret_problems(dict(self)), *self._untrusted_problems()]
+            if problems:
+                raise SpecError(type(self).__name__, problems)
+        return self
+
+    def _untrusted_problems(self) -> list[tuple[str, str]]:
+        """(field, message) for each thing this spec may not do when read from JSON.
+
+        Kinds that reach hosts or run code add theirs (see handles._trust).
+        """
+        return []
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:

@@ -60,6 +60,7 @@ from handles._fields import Identity, Placement
 from handles._optional import require
 from handles._secrets import MASK, SecretRef, parse_database_url
 from handles._spec import Spec
+from handles._trust import host_problems
 from handles.exceptions import MissingDependencyError, SpecError
 
 if TYPE_CHECKING:
@@ -167,6 +168,24 @@ class DatabaseSpec(Spec["Engine"]):
                 raise ValueError(_literal_credential(f"holds {name!r}", name))
         return args
 
+    def _untrusted_problems(self) -> list[tuple[str, str]]:
+        # From JSON, only hosts the worker allows (HANDLES_ALLOW_HOSTS), and a
+        # secret reference only to a host it named: see handles._trust.
+        return host_problems(self._hosts(), carries_secret=self.password is not None)
+
+    def _hosts(self) -> list[tuple[str, str]]:
+        """(field, host) for every host a connection may go to, as the driver reads them."""
+        parts = parse_database_url(self.url)
+        found = [("url", parts.host)] if parts is not None and parts.host else []
+        # libpq and psycopg take host= from the query string and connect(), over the URL's.
+        for name, value in parts.query if parts is not None else ():
+            if name in _HOST_ARGS:
+                found += [("url", h) for h in value.split(",") if h]
+        for name, arg in self.connect_args.items():
+            if name in _HOST_ARGS and isinstance(arg, str):
+                found += [(f"connect_args.{name}", h) for h in arg.split(",") if h]
+        return found
+
     @field_validator("workers")
     @classmethod
     def _budget_fits(cls, workers: int | None, info: ValidationInfo) -> int | None:
@@ -271,8 +290,8 @@ class DatabaseSpec(Spec["Engine"]):
             raise SpecError.one(self._name, "url", f"is not a valid URL: {exc}") from None
         ours = parse_database_url(self.url)
         if ours is None or (ours.password, ours.host) != (url.password, url.host):
-            # Masking reads the URL with a copy of SQLAlchemy's pattern; never
-            # connect where the two readings differ.
+            # Masking and the host policy read the URL with a copy of SQLAlchemy's
+            # pattern; never connect where the two readings differ.
             raise SpecError.one(
                 self._name,
                 "url",
@@ -354,6 +373,8 @@ _fork.in_child(_fresh_pools_in_child)
 # Names that carry a credential in a URL's query string or in connect_args: refused
 # as literals, since those show in repr, JSON and the key.
 _CREDENTIAL_ARGS = frozenset({"password", "passwd", "pwd", "sslpassword"})
+# Names under which libpq/psycopg (and so SQLAlchemy's postgresql dialects) take hosts.
+_HOST_ARGS = frozenset({"host", "hostaddr"})
 
 
 def _literal_credential(where: str, name: str) -> str:

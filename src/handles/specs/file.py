@@ -51,6 +51,7 @@ from copy import deepcopy
 from datetime import datetime
 from os.path import abspath, expanduser
 from typing import IO, TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, JsonValue, PositiveInt, ValidationInfo, field_validator
 
@@ -58,6 +59,7 @@ from handles._fields import Identity, Placement
 from handles._optional import require
 from handles._secrets import SecretRef, url_has_password
 from handles._spec import Spec
+from handles._trust import host_problems
 from handles.exceptions import BuildError, MissingDependencyError, SpecError
 from handles.specs._atomic import held_upload, replace_via_temp
 
@@ -185,6 +187,12 @@ class FileSpec(Spec["AbstractFileSystem"]):
         return secrets
 
     # -- where the file is -----------------------------------------------------
+
+    def _untrusted_problems(self) -> list[tuple[str, str]]:
+        # From JSON, only hosts the worker allows (HANDLES_ALLOW_HOSTS), and
+        # secrets only to hosts it named: see handles._trust.
+        hosts = _hosts(self.url, self.storage_options)
+        return host_problems(hosts, carries_secret=bool(self.secrets))
 
     @property
     def protocol(self) -> str:
@@ -406,6 +414,49 @@ def normalize_url(url: str) -> str:
     if rest.endswith("/"):
         raise ValueError("the URL ends with '/': it names a folder, not a file")
     return f"{scheme}://{rest}"
+
+
+# Protocols that never leave this machine.
+_NO_HOST_PROTOCOLS = LOCAL_PROTOCOLS | {"memory"}
+# Storage options that say where requests go (s3fs, gcsfs, adlfs, sftp, http).
+_ENDPOINT_OPTIONS = frozenset(
+    {"endpoint_url", "endpoint", "host", "hostname", "base_url", "account_url", "proxy", "proxies"}
+)
+
+
+def _hosts(url: str, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field, host) for each host a filesystem for `url` and `options` may reach.
+
+    The URL's host as fsspec reads it (for object stores, the bucket) and every
+    endpoint named in the storage options.
+    """
+    scheme, sep, _ = url.partition("://")
+    found: list[tuple[str, str]] = []
+    if sep and scheme not in _NO_HOST_PROTOCOLS:
+        host = _host_of(url)
+        if host:
+            found.append(("url", host))
+    found += _endpoints(options, "storage_options.", inside=False)
+    return found
+
+
+def _endpoints(options: Mapping[str, Any], prefix: str, *, inside: bool) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    for name, value in options.items():
+        where = f"{prefix}{name}"
+        is_endpoint = inside or str(name).lower() in _ENDPOINT_OPTIONS
+        if isinstance(value, Mapping):
+            found += _endpoints(value, f"{where}.", inside=is_endpoint)
+        elif is_endpoint and isinstance(value, str) and value:
+            found.append((where, _host_of(value) or value))
+    return found
+
+
+def _host_of(text: str) -> str | None:
+    try:
+        return urlsplit(text if "://" in text else f"//{text}").hostname
+    except ValueError:
+        return None
 
 
 def _local_path(path: str) -> str:

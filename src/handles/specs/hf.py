@@ -5,7 +5,8 @@
 
 `model` (and `tokenizer`) is a local directory written by `save_pretrained`, or a
 hub id that transformers resolves (from the local cache when `HF_HUB_OFFLINE=1`).
-`trust_remote_code` stays off unless the spec sets it.
+`trust_remote_code` stays off unless the spec sets it, and a spec read from JSON
+can never set it (it runs Python from the model folder): see docs/security.md.
 
 Identity: task, model, tokenizer, revision, dtype, pipeline kwargs and, for
 local directories, a fingerprint of their files (config.json as canonical JSON
@@ -32,6 +33,7 @@ from handles._fields import Identity, Placement
 from handles._keys import digest
 from handles._optional import require
 from handles._spec import Spec
+from handles._trust import FROM_JSON
 from handles.exceptions import SpecError
 from handles.specs._device import (
     PathStr,
@@ -64,6 +66,8 @@ _OWN_ARGUMENTS = {
 # save_pretrained writes these into config.json; they do not change the model.
 _VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "_commit_hash")
 _BLOB_NAME = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+# pipeline()/from_pretrained() arguments that take a hub token.
+_TOKEN_ARGUMENTS = frozenset({"token", "use_auth_token"})
 
 
 class HFPipelineSpec(Spec["Pipeline"]):
@@ -113,7 +117,29 @@ class HFPipelineSpec(Spec["Pipeline"]):
                 raise ValueError(
                     f"{name!r} is set with the spec's own field {field}=, not in pipeline_kwargs"
                 )
+        for where, name, value in _nested_items(kwargs):
+            # model_kwargs={"trust_remote_code": true} reaches from_pretrained too.
+            if name == "trust_remote_code":
+                raise ValueError(f"{where} is set with the spec's own field trust_remote_code=")
+            if name in _TOKEN_ARGUMENTS and isinstance(value, str):
+                raise ValueError(
+                    f"{where} is a literal hub token, which would show in repr, JSON and the "
+                    "key: set HF_TOKEN in the worker's environment instead"
+                )
         return kwargs
+
+    def _untrusted_problems(self) -> list[tuple[str, str]]:
+        # Remote code is Python from the model folder: never from JSON, whatever
+        # the worker's settings.
+        if not self.trust_remote_code:
+            return []
+        return [
+            (
+                "trust_remote_code",
+                f"{FROM_JSON} may never run a model's own code; no setting allows it: "
+                "make this spec in the worker's Python code instead",
+            )
+        ]
 
     def fingerprint(self) -> Any:
         """The files behind local `model`/`tokenizer` directories (None for hub ids)."""
@@ -149,6 +175,21 @@ class HFPipelineSpec(Spec["Pipeline"]):
 
     def teardown(self, value: Pipeline) -> None:
         release_module(getattr(value, "model", None))
+
+
+def _nested_items(
+    value: JsonValue, prefix: str = "pipeline_kwargs"
+) -> list[tuple[str, str, JsonValue]]:
+    """(dotted place, name, value) for every key at any depth of `value`."""
+    found: list[tuple[str, str, JsonValue]] = []
+    if isinstance(value, dict):
+        for name, item in value.items():
+            where = f"{prefix}.{name}"
+            found += [(where, name, item), *_nested_items(item, where)]
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _nested_items(item, f"{prefix}.{index}")
+    return found
 
 
 def _check_task(transformers: ModuleType, task: str) -> None:

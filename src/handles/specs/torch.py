@@ -17,7 +17,9 @@ unknown name is a SpecError listing the registered ones, never an import.
 Weights: safetensors (preferred), or a `torch.save` checkpoint only when the
 spec says `allow_pickle_weights=True`, and then read with
 `torch.load(weights_only=True)`, which refuses anything but tensors and plain
-containers. The module is put in `eval()` mode unless `eval_mode=False`.
+containers. A spec read from JSON may say so only where the worker sets
+`HANDLES_ALLOW_PICKLE_WEIGHTS=1`. The module is put in `eval()` mode unless
+`eval_mode=False`.
 
 Devices and the multi-GPU policy are described in `handles.specs._device`.
 """
@@ -46,6 +48,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from handles._fields import Identity, Placement
 from handles._optional import require
 from handles._spec import Spec
+from handles._trust import ALLOW_PICKLE_WEIGHTS, FROM_JSON, pickle_weights_allowed
 from handles.exceptions import SpecError
 from handles.specs._device import (
     PathStr,
@@ -202,6 +205,18 @@ class TorchModelSpec(Spec["torch.nn.Module"]):
         ):
             raise _field_error("weights", _pickle_refused(self.weights))
         return self
+
+    def _untrusted_problems(self) -> list[tuple[str, str]]:
+        # Even weights_only=True unpickles: from JSON, only where the worker allows it.
+        if not self.allow_pickle_weights or pickle_weights_allowed():
+            return []
+        return [
+            (
+                "allow_pickle_weights",
+                f"{FROM_JSON} may not read torch.save (pickle) checkpoints: allow it on the "
+                f"worker with {ALLOW_PICKLE_WEIGHTS}=1, or save the weights with safetensors",
+            )
+        ]
 
     # -- build and close ------------------------------------------------------
 
