@@ -18,6 +18,7 @@ before a Prefect task is submitted.
 from __future__ import annotations
 
 import collections
+import collections.abc
 import functools
 import io
 import pickle
@@ -39,6 +40,18 @@ Pickler = Literal["cloudpickle", "pickle"]
 # object past these limits is reported itself, which is still a correct answer.
 MAX_DEPTH = 12
 MAX_CHILDREN = 500
+# Objects looked at, at most, to find an iterator inside one argument.
+MAX_ITERATOR_SEARCH = 10_000
+
+# Prefect hashes inputs as JSON first, and its encoder turns any iterator into a
+# list: a generator given to a task whose inputs are hashed arrives exhausted,
+# and an endless one never finishes hashing. So iterators are found by looking,
+# never by trying to hash them, and a check never consumes an argument.
+ITERATOR_REASON = (
+    "is an iterator: hashing the inputs for the cache key consumes it, so the task would "
+    "receive it exhausted (an endless one never finishes hashing)"
+)
+ITERATOR_HINT = "pass a list instead, or leave this argument out of the cache key"
 
 # Live resources that have a spec: "module.Class" anywhere in the type's MRO ->
 # (what it is, the spec to pass instead). Matched by name, so checking an
@@ -202,6 +215,7 @@ class _Probe:
         self.dumps = _dumps_for(pickler) if transport else None
         # Results by id(): every object tried stays alive during one check.
         self.tried: dict[int, tuple[str | None, int | None]] = {}
+        self.iterators: dict[int, bool] = {}
 
     def walk(
         self, obj: Any, path: str, *, depth: int, seen: set[int], live: tuple[str, str] | None
@@ -228,7 +242,10 @@ class _Probe:
         if found or covered:
             return found
         # Nothing inside fails on its own: this object is the culprit.
-        return [Finding(path, _type_name(obj), reason, _suggest(hint, inside=live is not None))]
+        suggestion = _suggest(hint, inside=live is not None)
+        if reason == ITERATOR_REASON and suggestion is None:
+            suggestion = ITERATOR_HINT
+        return [Finding(path, _type_name(obj), reason, suggestion)]
 
     def trouble(self, obj: Any) -> tuple[str | None, int | None]:
         """(what fails for `obj`, or None; its pickled size when it pickled)."""
@@ -238,6 +255,9 @@ class _Probe:
         return known
 
     def try_both(self, obj: Any) -> tuple[str | None, int | None]:
+        if self.cache_key and self.holds_iterator(obj):
+            # Hashing would drain it; the search narrows down to the iterator itself.
+            return (ITERATOR_REASON if _is_iterator(obj) else "holds an iterator"), None
         size = None
         pickle_error = None
         if self.dumps is not None:
@@ -254,6 +274,12 @@ class _Probe:
             return "cannot be hashed for a cache key (neither JSON nor cloudpickle)", None
         return None, size
 
+    def holds_iterator(self, obj: Any) -> bool:
+        known = self.iterators.get(id(obj))
+        if known is None:
+            known = self.iterators[id(obj)] = _holds_iterator(obj, self.ignore)
+        return known
+
     def live_finding(self, obj: Any, path: str, hint: tuple[str, str], size: int | None) -> Finding:
         what, spec = hint
         if self.transport:
@@ -267,6 +293,30 @@ class _Probe:
             f"is {what}: it {cost}",
             f"pass {spec} instead and call .get() inside the task",
         )
+
+
+def _is_iterator(obj: Any) -> bool:
+    # Open files are iterators too, but hashing does not read them (and they
+    # are reported as live resources).
+    return isinstance(obj, collections.abc.Iterator) and not isinstance(obj, io.IOBase)
+
+
+def _holds_iterator(obj: Any, ignore: tuple[type, ...]) -> bool:
+    """Is `obj`, or anything pickling it would reach, an iterator? Looks, never iterates."""
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    seen: set[int] = set()
+    budget = MAX_ITERATOR_SEARCH
+    while stack and budget > 0:
+        item, depth = stack.pop()
+        budget -= 1
+        if id(item) in seen or _trivially_fine(item, ignore):
+            continue
+        seen.add(id(item))
+        if _is_iterator(item):
+            return True
+        if depth < MAX_DEPTH:
+            stack.extend((child, depth + 1) for _, child in _children(item, ""))
+    return False
 
 
 def _dumps_for(pickler: Pickler) -> Callable[[Any], bytes]:
