@@ -202,6 +202,16 @@ def test_file_specs_from_json_reach_only_listed_hosts(fields, field, monkeypatch
     assert "FileSpec" in str(info.value)
 
 
+def test_ipv6_hosts_match_with_or_without_brackets(monkeypatch):
+    doc = {"kind": "database", "url": "postgresql+psycopg://app@[::1]:5432/sales"}
+    for allowed in ("[::1]", "::1"):
+        monkeypatch.setenv("HANDLES_ALLOW_HOSTS", f"db.internal,{allowed}")
+        assert handles.spec_from_json(doc).kind == "database"
+    monkeypatch.setenv("HANDLES_ALLOW_HOSTS", "[::2]")
+    with pytest.raises(SpecError, match="may not reach host '::1'"):
+        handles.spec_from_json(doc)
+
+
 def test_file_secrets_from_json_need_both_settings(tmp_path, monkeypatch):
     doc = {
         "kind": "file",

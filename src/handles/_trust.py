@@ -131,10 +131,15 @@ def host_problems(
     allowed from JSON goes only to hosts the worker listed.
     """
     allowed = _patterns(ALLOW_HOSTS)
+    # Hosts are compared as parsers give them: an IPv6 address without brackets
+    # (which fnmatch would read as a character class).
+    patterns = [
+        p[1:-1] if p.startswith("[") and p.endswith("]") and ":" in p else p for p in allowed
+    ]
     problems: list[tuple[str, str]] = []
     for field, host in hosts:
         if allowed:
-            if not any(fnmatchcase(host.lower(), p.lower()) for p in allowed):
+            if not any(fnmatchcase(host.lower(), p.lower()) for p in patterns):
                 problems.append(
                     (
                         field,
