@@ -266,6 +266,7 @@ def test_postgres_close_disposes_every_connection(monitor):
     for conn in held:
         conn.close()
     assert count_connections(monitor, tag) == 3
+    del engine, held, conn  # the engine is torn down once nobody holds it
     handles.registry().evict(spec)
     remaining = count_connections(monitor, tag)
     for _ in range(500):  # the server notices a closed socket a moment later

@@ -162,10 +162,14 @@ def test_offline_hub_id_missing_from_cache_is_a_build_error(tmp_path, monkeypatc
     assert spec not in handles.registry()
 
 
-def test_close_frees_the_model_tensors(model_dir):
+def test_close_frees_the_model_tensors_once_nobody_holds_the_pipeline(model_dir):
     pipe = spec_for(model_dir).get()
+    params = list(pipe.model.parameters())
     handles.registry().close()
-    assert all(p.numel() == 0 for p in pipe.model.parameters())
+    assert all(p.numel() > 0 for p in params), "still held by this test: still working"
+    del pipe
+    handles.registry().close()
+    assert all(p.numel() == 0 for p in params)
 
 
 def test_the_hub_is_offline_for_these_tests():

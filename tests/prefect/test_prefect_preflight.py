@@ -244,6 +244,23 @@ def test_map_checks_every_element(tmp_path):
         mapped_locks()
 
 
+@task
+def echo_item(item: str) -> str:
+    return item
+
+
+def test_map_over_a_generator_maps_every_item_and_is_no_finding():
+    # Prefect lists a mapped generator itself; preflight must neither drain it
+    # nor report it.
+    checked = preflight(echo_item)
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def mapped() -> list[str]:
+        return checked.map(item for item in ["a", "b", "c"]).result()
+
+    assert mapped() == ["a", "b", "c"]
+
+
 def test_delay_needs_picklable_arguments():
     checked = preflight(use_lock)
     findings = checked.check((threading.Lock(), "m"), {}, "delay")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -330,6 +330,11 @@ class PreflightTask:
         return findings
 
     def _run(self, how: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if how == "map":
+            # Prefect's map lists every mapped iterator itself; listing it first
+            # lets preflight check the items without draining what Prefect reads.
+            args = tuple(_listed(value) for value in args)
+            kwargs = {name: _listed(value) for name, value in kwargs.items()}
         findings = self.check(args, kwargs, how)
         if findings:
             error = PreflightError(f"task {self.task.name!r}", findings)
@@ -342,6 +347,10 @@ class PreflightTask:
                 target = getattr(self.fallback, how, None) if how != "__call__" else None
                 return (target or self.fallback)(*args, **kwargs)
         return getattr(self.task, how)(*args, **kwargs)
+
+
+def _listed(value: Any) -> Any:
+    return list(value) if isinstance(value, Iterator) else value
 
 
 def _ships_arguments(how: str) -> bool:

@@ -57,6 +57,7 @@ from pydantic import Field, JsonValue, PositiveInt, ValidationInfo, field_valida
 
 from handles._fields import Identity, Placement
 from handles._optional import require
+from handles._registry import registry
 from handles._secrets import SecretRef, url_has_password
 from handles._spec import Spec
 from handles._trust import host_problems
@@ -212,8 +213,16 @@ class FileSpec(Spec["AbstractFileSystem"]):
         # One filesystem per process for every FileSpec with the same protocol,
         # options and secrets (fsspec itself shares instances the same way): a
         # folder of 50,000 files is one filesystem, not 50,000.
-        fs = _shared_filesystem(self).get()
-        self._probe(fs)
+        shared = _shared_filesystem(self)
+        first = shared not in registry()
+        fs = shared.get()
+        try:
+            self._probe(fs)
+        except BaseException:
+            if first:  # built for this failing spec alone: nothing of it stays
+                del fs
+                registry().evict(shared)
+            raise
         return fs
 
     def teardown(self, value: AbstractFileSystem) -> None:
