@@ -28,7 +28,7 @@ EXAMPLES = sorted(
 
 # Measured under 2 s each; a script not listed here is treated as slow, so a new
 # heavy example can never lengthen CI by accident.
-FAST = {"data_file.py", "data_sql.py"}
+FAST = {"async_database.py", "data_file.py", "data_sql.py"}
 RUN_SLOW = os.environ.get("HANDLES_RUN_EXAMPLES") == "1"
 SKIP_SLOW = "run by nox -s examples (set HANDLES_RUN_EXAMPLES=1 to run it here)"
 

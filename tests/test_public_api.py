@@ -9,6 +9,7 @@ import sys
 import handles
 
 PUBLIC = {
+    "AsyncDatabaseSpec",
     "BuildError",
     "DatabaseSpec",
     "FileSpec",

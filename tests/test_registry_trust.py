@@ -533,3 +533,25 @@ def test_fifty_thousand_filespecs_in_one_folder_share_one_filesystem(tmp_path):
     )
     assert a.cache_key() != b.cache_key()
     assert a.get() is b.get()
+
+
+# -- first open of a new database by several processes at once ------------------------
+
+
+@pytest.mark.slow
+def test_processes_opening_a_new_database_at_once_never_see_locked(tmp_path):
+    failures: list[int] = []
+    for round_ in range(60):
+        path = tmp_path / f"new-{round_}.db"
+        pids = []
+        for _ in range(4):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    SqliteSpec(path=path).get().execute("select 1")
+                except BaseException:
+                    os._exit(1)
+                os._exit(0)
+            pids.append(pid)
+        failures += [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+    assert failures == [0] * 240

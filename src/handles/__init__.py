@@ -25,6 +25,7 @@ from handles.exceptions import (
 )
 
 if TYPE_CHECKING:  # what the lazy exports below resolve to, for type checkers
+    from handles.specs.async_database import AsyncDatabaseSpec
     from handles.specs.database import DatabaseSpec
     from handles.specs.file import FileSpec
     from handles.specs.hf import HFPipelineSpec
@@ -38,6 +39,7 @@ __version__ = "0.1.0"
 # that kind's module, and no kind module imports its heavy packages at import time.
 _LAZY = {
     "model_factory": "handles.specs.torch",
+    "AsyncDatabaseSpec": "handles.specs.async_database",
     "DatabaseSpec": "handles.specs.database",
     "FileSpec": "handles.specs.file",
     "HFPipelineSpec": "handles.specs.hf",
@@ -63,6 +65,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AsyncDatabaseSpec",
     "BuildError",
     "DatabaseSpec",
     "FileSpec",

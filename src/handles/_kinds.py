@@ -59,6 +59,7 @@ _BUILTIN: dict[str, KindInfo] = {
         note=f'standard library only; .engine() needs pip install "{DISTRIBUTION}[sql]"',
     ),
     "database": KindInfo("handles.specs.database:DatabaseSpec", "sql"),
+    "async-database": KindInfo("handles.specs.async_database:AsyncDatabaseSpec", "sql"),
     "file": KindInfo("handles.specs.file:FileSpec", "file"),
     "torch": KindInfo("handles.specs.torch:TorchModelSpec", "torch"),
     "spacy": KindInfo("handles.specs.spacy:SpacySpec", "spacy"),

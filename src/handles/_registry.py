@@ -34,6 +34,7 @@ there.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import itertools
 import logging
@@ -110,6 +111,7 @@ class _Entry:
         "key",
         "leases",
         "live",
+        "loop",
         "ok",
         "own_refs",
         "recency",
@@ -141,6 +143,7 @@ class _Entry:
         self.seen_hits = 0
         self.leases = 0  # open `use()` blocks
         self.thread: _ThreadRecord | None = None  # the owner, for thread scope
+        self.loop: _LoopRecord | None = None  # the owner, for loop scope
         self.ok = True
         self.live = True
         self.own_refs = 2
@@ -182,6 +185,25 @@ class _ThreadRecord:
         self.finalizer: weakref.finalize[Any, Any] | None = None
 
 
+class _LoopRecord:
+    """One event loop's objects, and the async generator that closes them with the loop.
+
+    `asyncio.run()` (and any loop that calls `shutdown_asyncgens()` before closing)
+    closes every async generator that has started on the loop while the loop
+    still runs: the keeper's `finally` then awaits each object's async teardown
+    on its own loop.
+    """
+
+    __slots__ = ("entries", "keeper", "loop", "pending", "retired")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = weakref.ref(loop)
+        self.entries: dict[str, _Entry] = {}
+        self.pending: dict[str, asyncio.Future[None]] = {}
+        self.retired: list[_Entry] = []
+        self.keeper: Any = None
+
+
 class _ThreadMarker:
     """Lives in a thread's local storage; its finalizer closes the thread's objects."""
 
@@ -210,6 +232,9 @@ class Registry:
         self._overrides: dict[str, list[Any]] = {}
         self._local = threading.local()
         self._threads: dict[int, _ThreadRecord] = {}
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopRecord] = (
+            weakref.WeakKeyDictionary()
+        )
         self._deferred: list[_Entry] = []  # process scope, retired while in use
         self._holders: dict[int, int] = {}  # id(object) -> entries holding it, not torn down
         self._seq = itertools.count()
@@ -235,6 +260,8 @@ class Registry:
         key = spec._instance_key()
         if spec.scope == "thread":
             return self._get_for_thread(spec, key)
+        if spec.scope == "loop":
+            return self._get_for_loop(spec, key), NO_ENTRY
         while True:
             entry = self._entries.get(key)
             built = False
@@ -345,16 +372,39 @@ class Registry:
         started = perf_counter()
         try:
             value = spec.build()
-        except (BuildError, MissingDependencyError):
-            self._count_error(counters)
-            raise
-        except Exception as exc:
-            self._count_error(counters)
-            raise BuildError.for_spec(spec, exc) from exc
-        except BaseException:
-            self._count_error(counters)
-            raise
-        seconds = perf_counter() - started
+        except BaseException as exc:
+            error = self._build_failed(spec, counters, exc)
+            if error is exc:
+                raise
+            raise error from exc
+        return self._new_entry(spec, value, key, counters, perf_counter() - started)
+
+    async def _abuild(self, spec: Spec[Any], key: str) -> _Entry:
+        cache_key = spec.cache_key()
+        counters = self._counters_for(spec, cache_key)
+        started = perf_counter()
+        try:
+            value = await spec.abuild()
+        except BaseException as exc:
+            error = self._build_failed(spec, counters, exc)
+            if error is exc:
+                raise
+            raise error from exc
+        return self._new_entry(spec, value, key, counters, perf_counter() - started)
+
+    def _build_failed(
+        self, spec: Spec[Any], counters: _Counters, exc: BaseException
+    ) -> BaseException:
+        """The error a failed build raises (counted; the cause chained)."""
+        self._count_error(counters)
+        if isinstance(exc, BuildError | MissingDependencyError) or not isinstance(exc, Exception):
+            return exc  # already ours, or KeyboardInterrupt and the like
+        return BuildError.for_spec(spec, exc)
+
+    def _new_entry(
+        self, spec: Spec[Any], value: Any, key: str, counters: _Counters, seconds: float
+    ) -> _Entry:
+        cache_key = counters.cache_key
         with self._lock:
             counters.builds += 1
             counters.build_seconds += seconds
@@ -371,11 +421,11 @@ class Registry:
             entry.recency = self._builds
             # What getrefcount(entry.value) reads while nobody else holds it: the
             # entry, the call's argument, and the object's own references to itself
-            # (a sqlite3 connection's statement cache holds two). Minus our `value`,
-            # and minus other entries holding the same object (FileSpecs share one
-            # filesystem), which are counted apart.
+            # (a sqlite3 connection's statement cache holds two). Minus the caller's
+            # `value` and ours, and minus other entries holding the same object
+            # (FileSpecs share one filesystem), which are counted apart.
             holders = self._holders.get(id(value), 0)
-            entry.own_refs = sys.getrefcount(value) - 1 - holders
+            entry.own_refs = sys.getrefcount(value) - 2 - holders
             self._holders[id(value)] = holders + 1
         logger.info("built %s %s in %.3fs", spec.kind, cache_key[:12], seconds)
         return entry
@@ -461,6 +511,9 @@ class Registry:
         with self._lock:
             if spec.scope == "thread":
                 entry = self._thread_record().entries.pop(key, None)
+            elif spec.scope == "loop":
+                loop_record = self._loops.get(_running_loop())  # type: ignore[arg-type]
+                entry = None if loop_record is None else loop_record.entries.pop(key, None)
             else:
                 entry = self._entries.pop(key, None)
             if entry is None:
@@ -484,13 +537,17 @@ class Registry:
             for record in self._threads.values():
                 entries.extend(record.entries.values())
                 record.entries.clear()
+            for loop_record in list(self._loops.values()):
+                entries.extend(loop_record.entries.values())
+                loop_record.entries.clear()
             self._retire(entries)
         self._close_ready()
 
-    def _retire(self, entries: list[_Entry]) -> None:
+    def _retire(self, entries: list[_Entry], *, schedule: bool = True) -> None:
         # Lock held. Not live first: from here on no warm path hands the value out.
         for entry in entries:
             entry.ok = entry.live = False
+        loops: dict[int, _LoopRecord] = {}
         for entry in entries:
             counters = entry.counters
             counters.retired_hits += entry.hits
@@ -498,7 +555,16 @@ class Registry:
             entry.hits = entry.seen_hits = 0
             counters.live -= 1
             self._drop_counters_if_idle(counters)
-            (entry.thread.retired if entry.thread is not None else self._deferred).append(entry)
+            if entry.loop is not None:
+                entry.loop.retired.append(entry)
+                loops[id(entry.loop)] = entry.loop
+            elif entry.thread is not None:
+                entry.thread.retired.append(entry)
+            else:
+                self._deferred.append(entry)
+        if schedule:
+            for loop_record in loops.values():
+                self._schedule_loop_cleanup(loop_record)
 
     def _close_ready(self) -> None:
         """Tear down, newest first, the retired objects nobody uses that this thread may close.
@@ -573,6 +639,130 @@ class Registry:
             if retired_and_free:
                 self._close_ready()
 
+    # -- async ------------------------------------------------------------------
+
+    async def aget(self, spec: Spec[T]) -> T:
+        """`get()` for coroutines: builds never block the event loop.
+
+        Process scope: the same object as `get()`, built in a worker thread (single-
+        flight with every other thread and coroutine). Thread scope: this thread's
+        object, built here (connections open quickly). Loop scope: this event
+        loop's object, built on the loop with the kind's `abuild()`.
+        """
+        if self._overrides:
+            stack = self._overrides.get(spec.cache_key())
+            if stack:
+                return stack[-1]  # type: ignore[no-any-return]
+        key = spec._instance_key()
+        if spec.scope == "loop":
+            return await self._aget_for_loop(spec, key)  # type: ignore[no-any-return]
+        if spec.scope == "thread" or key in self._entries:
+            return self.get(spec)
+        return await asyncio.to_thread(self.get, spec)
+
+    def _get_for_loop(self, spec: Spec[Any], key: str) -> Any:
+        loop = _running_loop()
+        if loop is None:
+            raise BuildError(
+                f"{spec!r} is bound to an event loop: call `await spec.aget()` inside a "
+                "coroutine (no event loop runs in this thread)",
+                kind=spec.kind,
+                spec=spec,
+            )
+        loop_record = self._loops.get(loop)
+        entry = None if loop_record is None else loop_record.entries.get(key)
+        if entry is None:
+            raise BuildError(
+                f"{spec!r} has no object in this event loop yet: its build is asynchronous, "
+                "so call `await spec.aget()` (later `get()` calls in this loop then work)",
+                kind=spec.kind,
+                spec=spec,
+            )
+        value = entry.value
+        if not entry.live:
+            return self._get_for_loop(spec, key)
+        entry.hits += 1
+        return value
+
+    async def _aget_for_loop(self, spec: Spec[Any], key: str) -> Any:
+        loop = asyncio.get_running_loop()
+        loop_record = await self._loop_record(loop)
+        while True:
+            entry = loop_record.entries.get(key)
+            if entry is not None:
+                value = entry.value
+                if entry.live:
+                    entry.hits += 1
+                    return value
+                continue
+            pending = loop_record.pending.get(key)
+            if pending is not None:
+                # Single-flight among this loop's coroutines.
+                try:
+                    await asyncio.shield(pending)
+                except BuildError as exc:
+                    raise exc.again() from exc.__cause__
+                continue
+            pending = loop_record.pending[key] = loop.create_future()
+            try:
+                entry = await self._abuild(spec, key)
+            except BaseException as exc:
+                error = exc if isinstance(exc, BuildError) else BuildError.for_spec(spec, exc)
+                if error is not exc:
+                    error.__cause__ = exc
+                pending.set_exception(error)
+                pending.exception()  # retrieved: no "never retrieved" warning without waiters
+                del loop_record.pending[key]
+                raise
+            with self._lock:
+                entry.loop = loop_record
+                loop_record.entries[key] = entry
+                del loop_record.pending[key]
+            pending.set_result(None)
+            return entry.value
+
+    async def _loop_record(self, loop: asyncio.AbstractEventLoop) -> _LoopRecord:
+        with self._lock:
+            loop_record = self._loops.get(loop)
+            if loop_record is not None:
+                return loop_record
+            loop_record = self._loops[loop] = _LoopRecord(loop)
+        keeper = _loop_keeper(self, loop_record)
+        loop_record.keeper = keeper
+        await keeper.__anext__()  # started here, so the loop closes it at shutdown
+        return loop_record
+
+    async def _close_loop(self, loop_record: _LoopRecord, *, ending: bool) -> None:
+        """Tear down a loop's retired objects on that loop (all of them when it ends)."""
+        with self._lock:
+            if ending:
+                self._retire(list(loop_record.entries.values()), schedule=False)
+                loop_record.entries.clear()
+            ready = [
+                e
+                for e in loop_record.retired
+                if ending or not (e.leases or self._outside_references(e) > 0)
+            ]
+            loop_record.retired[:] = [e for e in loop_record.retired if e not in ready]
+        for entry in sorted(ready, key=lambda e: e.seq, reverse=True):
+            try:
+                await entry.spec.ateardown(entry.value)
+            except Exception:
+                logger.exception("closing %r failed", entry.spec)
+            finally:
+                self._forget_value(entry)
+
+    def _schedule_loop_cleanup(self, loop_record: _LoopRecord) -> None:
+        # Lock held. Async teardown must run on the object's own loop.
+        loop = loop_record.loop()
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return  # the loop's shutdown (or garbage collection) takes care of it
+        coro = self._close_loop(loop_record, ending=False)
+        if loop is _running_loop():
+            loop.create_task(coro)
+        else:
+            asyncio.run_coroutine_threadsafe(coro, loop)
+
     # -- introspection --------------------------------------------------------
 
     def stats(self) -> dict[str, KeyStats]:
@@ -611,7 +801,11 @@ class Registry:
     def __len__(self) -> int:
         """Live objects in this process, all threads included."""
         with self._lock:
-            return len(self._entries) + sum(len(r.entries) for r in self._threads.values())
+            return (
+                len(self._entries)
+                + sum(len(r.entries) for r in self._threads.values())
+                + sum(len(r.entries) for r in list(self._loops.values()))
+            )
 
     def __contains__(self, spec: object) -> bool:
         instance_key = getattr(spec, "_instance_key", None)
@@ -621,8 +815,12 @@ class Registry:
             key = instance_key()
         except Exception:  # a spec whose key cannot be computed was never built
             return False
-        if getattr(spec, "scope", None) == "thread":
+        scope = getattr(spec, "scope", None)
+        if scope == "thread":
             return key in self._thread_record().entries
+        if scope == "loop":
+            loop_record = self._loops.get(_running_loop())  # type: ignore[arg-type]
+            return loop_record is not None and key in loop_record.entries
         return key in self._entries
 
     def __repr__(self) -> str:
@@ -650,6 +848,8 @@ class Registry:
         entries = list(self._entries.values())
         for record in self._threads.values():
             entries.extend(record.entries.values())
+        for loop_record in list(self._loops.values()):
+            entries.extend(loop_record.entries.values())
         return entries
 
     # -- fork -----------------------------------------------------------------
@@ -663,6 +863,9 @@ class Registry:
     def _after_fork_in_child(self) -> None:
         # Everything here is the parent's: keep it referenced, never close it.
         inherited: list[Any] = [*self._live_entries(), *self._deferred]
+        for loop_record in list(self._loops.values()):
+            inherited.extend(loop_record.retired)
+            inherited.append(loop_record)
         for record in self._threads.values():
             inherited.extend(record.retired)
             inherited.append(record)
@@ -675,6 +878,25 @@ class Registry:
         self._reset()
         self._overrides, self._max_entries = overrides, max_entries
         _fork.keep_forever(inherited)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+async def _loop_keeper(reg: Registry, loop_record: _LoopRecord) -> Any:
+    # Suspended for the loop's whole life; closed by the loop's shutdown_asyncgens().
+    try:
+        yield
+    finally:
+        with reg._lock:
+            current = reg._loops.get(loop_record.loop())  # type: ignore[arg-type]
+            if current is loop_record:
+                del reg._loops[loop_record.loop()]  # type: ignore[arg-type]
+        await reg._close_loop(loop_record, ending=True)
 
 
 _registries: weakref.WeakSet[Registry] = weakref.WeakSet()

@@ -38,7 +38,7 @@ from handles.exceptions import SpecError
 __all__ = ["Scope", "Spec"]
 
 T = TypeVar("T")
-Scope = Literal["process", "thread"]
+Scope = Literal["process", "thread", "loop"]
 
 # Bump when the canonical form itself changes, so old persisted keys stop matching.
 KEY_FORMAT = 1
@@ -68,7 +68,7 @@ class Spec(BaseModel, Generic[T]):
         _handles_key: str
 
     scope: ClassVar[Scope] = "process"
-    """`process`: one object per process; `thread`: one per thread."""
+    """`process`: one object per process; `thread`: one per thread; `loop`: one per event loop."""
     schema_version: ClassVar[int] = 1
     """Bump in a kind when the meaning of its fields changes; moves every key."""
     identity_fields: ClassVar[tuple[str, ...]] = ()
@@ -150,7 +150,11 @@ class Spec(BaseModel, Generic[T]):
         # `get` is a slot holding this instance's _Getter.get, made on first use
         # (after construction, copy or unpickling alike). See _Getter for why.
         if name == "get":
-            getter = (_ThreadGetter if self.scope == "thread" else _Getter)(self).get
+            getters: dict[str, type[_Getter | _ThreadGetter | _LoopGetter]] = {
+                "thread": _ThreadGetter,
+                "loop": _LoopGetter,
+            }
+            getter = getters.get(self.scope, _Getter)(self).get
             object.__setattr__(self, "get", getter)
             return getter
         return super().__getattr__(name)  # type: ignore[misc]
@@ -176,6 +180,30 @@ class Spec(BaseModel, Generic[T]):
         keeps the registry from choosing this object to evict while the block runs.
         """
         return registry().use(self)
+
+    async def aget(self) -> T:
+        """`get()` for coroutines: a build never blocks the event loop.
+
+        Process and thread scope: the same object `get()` returns (a process-scoped
+        build runs in a worker thread, single-flight with every other caller).
+        Loop scope: this event loop's object, built once per loop with `abuild()`
+        and closed with `ateardown()` when the loop shuts down.
+        """
+        if self.scope == "process":
+            entry = self.get.__self__.entry  # type: ignore[attr-defined]  # the _Getter
+            value = entry.value  # before the ok check: see handles._registry
+            if entry.ok:
+                entry.hits += 1
+                return value  # type: ignore[no-any-return]
+        return await registry().aget(self)
+
+    async def abuild(self) -> T:
+        """Create the live object on the running event loop (loop scope). Defaults to `build()`."""
+        return self.build()
+
+    async def ateardown(self, value: T) -> None:
+        """Release a loop-scoped object on its own loop. Defaults to `teardown()`."""
+        self.teardown(value)
 
     def build(self) -> T:
         """Create the live object. Kinds override; called once per process (or thread)."""
@@ -303,6 +331,18 @@ class _Getter:
             return value
         value, self.entry = registry().lookup(self.spec)
         return value
+
+
+class _LoopGetter:
+    """`spec.get` for a loop-scoped spec: this event loop's object, from the registry."""
+
+    __slots__ = ("spec",)
+
+    def __init__(self, spec: Spec[Any]) -> None:
+        self.spec = spec
+
+    def get(self) -> Any:
+        return registry().get(self.spec)
 
 
 class _ThreadGetter:

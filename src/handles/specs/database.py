@@ -51,7 +51,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_serializer, field_validator
 
@@ -74,7 +74,7 @@ _SCHEME = re.compile(
 # SQLAlchemy's own dialects; others register through the "sqlalchemy.dialects" entry points.
 _BUILTIN_DIALECTS = frozenset({"mariadb", "mssql", "mysql", "oracle", "postgresql", "sqlite"})
 # Drivers that handles[sql] installs: a missing one is a broken install, not a wrong URL.
-_SQL_EXTRA_DRIVERS = frozenset({"psycopg"})
+_SQL_EXTRA_DRIVERS = frozenset({"psycopg", "aiosqlite", "greenlet"})
 
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
@@ -83,6 +83,7 @@ class DatabaseSpec(Spec["Engine"]):
     """A database reached through SQLAlchemy: `get()` is this process's Engine."""
 
     kind: Literal["database"] = "database"
+    _asyncio: ClassVar[bool] = False  # AsyncDatabaseSpec: asyncio drivers only
 
     url: Annotated[str, Identity]
     """A SQLAlchemy URL, dialect+driver://user@host:port/database."""
@@ -298,12 +299,21 @@ class DatabaseSpec(Spec["Engine"]):
                 f"SQLAlchemy {sa.__version__} reads this URL's password or host differently "
                 "from handles: give the password as a secret reference",
             )
-        if dialect.is_async:
+        if dialect.is_async and not self._asyncio:
             raise SpecError.one(
                 self._name,
                 "url",
                 f"{url.drivername} is an asyncio driver; DatabaseSpec builds a synchronous "
-                "Engine, so use a synchronous driver (postgresql+psycopg, not +asyncpg)",
+                "Engine, so use a synchronous driver (postgresql+psycopg, not +asyncpg), "
+                "or AsyncDatabaseSpec for an AsyncEngine",
+            )
+        if self._asyncio and not dialect.is_async:
+            raise SpecError.one(
+                self._name,
+                "url",
+                f"{url.drivername} is a synchronous driver; AsyncDatabaseSpec builds an "
+                "AsyncEngine, so use an asyncio driver (postgresql+psycopg_async or "
+                "+asyncpg, sqlite+aiosqlite), or DatabaseSpec for a synchronous Engine",
             )
         if self.password is not None:
             url = url.set(password=self.password.resolve(self._name, "password"))

@@ -363,7 +363,7 @@ class SqliteSpec(Spec[sqlite3.Connection]):
             if value is None or (name in _FILE_PRAGMAS and (self.read_only or self.memory)):
                 continue
             try:
-                row = conn.execute(_pragma_sql(name, value)).fetchone()
+                row = _execute_waiting(conn, _pragma_sql(name, value), self._busy_seconds())
             except sqlite3.DatabaseError as exc:
                 if "not a database" in str(exc):
                     raise SpecError.one(
@@ -377,6 +377,22 @@ class SqliteSpec(Spec[sqlite3.Connection]):
                     row[0],
                     value,
                 )
+
+
+def _execute_waiting(conn: sqlite3.Connection, sql: str, seconds: float) -> Any:
+    # Switching journal_mode needs the file to itself, and SQLite does not run
+    # its busy handler for it: two processes opening a new database at once
+    # would see "database is locked". Retry within the busy timeout instead.
+    deadline = time.monotonic() + seconds
+    pause = 0.001
+    while True:
+        try:
+            return conn.execute(sql).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 @contextmanager
