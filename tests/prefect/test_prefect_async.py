@@ -1,4 +1,4 @@
-"""Async Prefect tasks with AsyncDatabaseSpec on the real PostgreSQL, on thread and process pools.
+"""Async Prefect tasks with AsyncDatabaseSpec on the real PostgreSQL: threads, processes, Dask.
 
 Never "attached to a different loop"; after the flow, no connection is left behind.
 """
@@ -45,11 +45,17 @@ def settled_connections(tag: str) -> int:
     return left
 
 
+def dask_runner() -> object:
+    prefect_dask = pytest.importorskip("prefect_dask", reason="needs prefect-dask")
+    return prefect_dask.DaskTaskRunner(cluster_kwargs={"n_workers": 2, "processes": True})
+
+
 @pytest.mark.parametrize(
     "runner",
     [
         pytest.param(lambda: ThreadPoolTaskRunner(max_workers=3), id="threads"),
         pytest.param(lambda: ProcessPoolTaskRunner(max_workers=2), id="processes"),
+        pytest.param(dask_runner, id="dask"),
     ],
 )
 def test_async_tasks_get_their_loops_engine_and_leave_no_connections(runner):
