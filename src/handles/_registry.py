@@ -45,7 +45,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -75,6 +75,10 @@ class KeyStats:
     errors: int
     build_seconds: float
     live: int
+    nbytes: int = 0
+    """Host memory of the key's live objects, as their kind reports it (0: unknown)."""
+    device_nbytes: dict[str, int] = field(default_factory=dict)
+    """Accelerator memory of the key's live objects, by device ("cuda:0": bytes)."""
 
 
 class _Counters:
@@ -112,6 +116,7 @@ class _Entry:
         "leases",
         "live",
         "loop",
+        "nbytes",
         "ok",
         "own_refs",
         "recency",
@@ -144,6 +149,7 @@ class _Entry:
         self.leases = 0  # open `use()` blocks
         self.thread: _ThreadRecord | None = None  # the owner, for thread scope
         self.loop: _LoopRecord | None = None  # the owner, for loop scope
+        self.nbytes: dict[str, int] = {}  # device -> bytes, as the kind reports them
         self.ok = True
         self.live = True
         self.own_refs = 2
@@ -219,6 +225,8 @@ class Registry:
     def __init__(self, max_entries: int | None = None) -> None:
         self._reset()
         self._max_entries = max_entries
+        self._max_bytes: int | None = None
+        self._max_device_bytes: dict[str, int] = {}
         _registries.add(self)
 
     def _reset(self) -> None:
@@ -405,6 +413,7 @@ class Registry:
         self, spec: Spec[Any], value: Any, key: str, counters: _Counters, seconds: float
     ) -> _Entry:
         cache_key = counters.cache_key
+        nbytes = _measure(spec, value)
         with self._lock:
             counters.builds += 1
             counters.build_seconds += seconds
@@ -419,6 +428,7 @@ class Registry:
                 spec, value, key=key, cache_key=cache_key, counters=counters, seq=next(self._seq)
             )
             entry.recency = self._builds
+            entry.nbytes = nbytes
             # What getrefcount(entry.value) reads while nobody else holds it: the
             # entry, the call's argument, and the object's own references to itself
             # (a sqlite3 connection's statement cache holds two). Minus the caller's
@@ -472,6 +482,54 @@ class Registry:
             self._evict_over_limit(keep=None)
         self._close_ready()
 
+    @property
+    def max_bytes(self) -> int | None:
+        """Budget for host memory of process-scoped objects, in bytes (None: no budget).
+
+        Counted from what each kind reports (`Spec.nbytes`); objects of kinds that
+        report nothing count as 0. Least recently used idle objects are retired
+        until a new one fits; one larger than the whole budget is still built.
+        """
+        return self._max_bytes
+
+    @max_bytes.setter
+    def max_bytes(self, value: int | None) -> None:
+        if value is not None and value < 0:
+            raise ValueError("max_bytes must be at least 0, or None for no budget")
+        with self._lock:
+            self._max_bytes = value
+            self._evict_over_limit(keep=None)
+        self._close_ready()
+
+    @property
+    def max_device_bytes(self) -> dict[str, int]:
+        """Budgets for accelerator memory by device, e.g. {"cuda:0": 8 * 2**30} (a copy)."""
+        return dict(self._max_device_bytes)
+
+    @max_device_bytes.setter
+    def max_device_bytes(self, value: dict[str, int]) -> None:
+        budgets = dict(value)
+        for device, limit in budgets.items():
+            if not isinstance(limit, int) or limit < 0:
+                raise ValueError(f"max_device_bytes[{device!r}] must be a number of bytes >= 0")
+        with self._lock:
+            self._max_device_bytes = budgets
+            self._evict_over_limit(keep=None)
+        self._close_ready()
+
+    def _over_budget(self) -> set[str]:
+        """Devices ("cpu" for host memory) whose budget the live objects exceed (lock held)."""
+        budgets = dict(self._max_device_bytes)
+        if self._max_bytes is not None:
+            budgets["cpu"] = self._max_bytes
+        if not budgets:
+            return set()
+        used: dict[str, int] = {}
+        for entry in self._entries.values():
+            for device, size in entry.nbytes.items():
+                used[device] = used.get(device, 0) + size
+        return {d for d, limit in budgets.items() if used.get(d, 0) > limit}
+
     def _evict_over_limit(self, keep: _Entry | None) -> list[_Entry]:
         """Retire least recently used entries beyond the bound (lock held).
 
@@ -482,7 +540,8 @@ class Registry:
         holds is chosen only when nothing else can go, and is then closed when
         that caller is done.
         """
-        if self._max_entries is None or len(self._entries) <= self._max_entries:
+        over_count = self._max_entries is not None and len(self._entries) > self._max_entries
+        if not over_count and not self._over_budget():
             return []
         now = self._builds
         for entry in self._entries.values():
@@ -494,11 +553,34 @@ class Registry:
         candidates.sort(key=lambda e: (self._outside_references(e) > 0, e.recency, e.seq))
         evicted: list[_Entry] = []
         for entry in candidates:
-            if len(self._entries) <= self._max_entries:
+            if self._max_entries is None or len(self._entries) <= self._max_entries:
                 break
             del self._entries[entry.key]
             evicted.append(entry)
             logger.info("evicted %s %s", entry.spec.kind, entry.cache_key[:12])
+        # Bytes: only idle objects go, since retiring one still in use frees nothing.
+        over = self._over_budget()
+        for entry in candidates:
+            if not over:
+                break
+            if entry in evicted or self._outside_references(entry) > 0:
+                continue
+            if not over & set(entry.nbytes):
+                continue
+            del self._entries[entry.key]
+            evicted.append(entry)
+            logger.info(
+                "evicted %s %s to fit the memory budget", entry.spec.kind, entry.cache_key[:12]
+            )
+            over = self._over_budget()
+        if over:
+            logger.warning(
+                "live objects exceed the memory budget of %s%s",
+                ", ".join(sorted(over)),
+                " (the one just built is larger than the whole budget)"
+                if keep is not None and len(self._entries) == 1
+                else " (the others are in use)",
+            )
         self._retire(evicted)
         return evicted
 
@@ -773,15 +855,27 @@ class Registry:
         """
         with self._lock:
             hits = {key: c.retired_hits for key, c in self._counters.items()}
+            memory: dict[str, dict[str, int]] = {}
             for entry in self._live_entries():
                 hits[entry.cache_key] = hits.get(entry.cache_key, 0) + entry.hits
+                sizes = memory.setdefault(entry.cache_key, {})
+                for device, size in entry.nbytes.items():
+                    sizes[device] = sizes.get(device, 0) + size
             result = {
                 key: KeyStats(c.kind, c.builds, c.retired_hits, c.errors, c.build_seconds, 0)
                 for key, c in self._retired_counters.items()
             }
             for key, c in self._counters.items():
+                sizes = memory.get(key, {})
                 result[key] = KeyStats(
-                    c.kind, c.builds, hits[key], c.errors, c.build_seconds, c.live
+                    c.kind,
+                    c.builds,
+                    hits[key],
+                    c.errors,
+                    c.build_seconds,
+                    c.live,
+                    nbytes=sizes.get("cpu", 0),
+                    device_nbytes={d: n for d, n in sizes.items() if d != "cpu"},
                 )
             return result
 
@@ -878,6 +972,16 @@ class Registry:
         self._reset()
         self._overrides, self._max_entries = overrides, max_entries
         _fork.keep_forever(inherited)
+
+
+def _measure(spec: Spec[Any], value: Any) -> dict[str, int]:
+    """The kind's report of `value`'s memory by device; {} when unknown or failing."""
+    try:
+        sizes = spec.nbytes(value)
+    except Exception:  # accounting must never fail a build
+        logger.exception("measuring %r failed", spec)
+        return {}
+    return {str(d): int(n) for d, n in (sizes or {}).items() if n}
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

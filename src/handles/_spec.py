@@ -16,6 +16,7 @@ and close its object::
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Self, TypeVar
 
@@ -214,6 +215,14 @@ class Spec(BaseModel, Generic[T]):
         close = getattr(value, "close", None)
         if callable(close):
             close()
+
+    def nbytes(self, value: T) -> Mapping[str, int] | None:
+        """Memory the live object holds, by device: "cpu" for host memory, "cuda:0", ...
+
+        Called once after each build, for `stats()` and the registry's memory
+        budgets (`max_bytes`, `max_device_bytes`). None (the default): unknown.
+        """
+        return None
 
     def fingerprint(self) -> Any:
         """JSON data describing the content behind the spec, or None; part of `cache_key()`.
