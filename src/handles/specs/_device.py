@@ -21,6 +21,11 @@ Spreading worker processes over several GPUs ("auto" and "cuda")
 Closing a model (`release_module`) empties its parameters and buffers in place,
 so its memory is returned even while a caller still holds the module, then gives
 cached CUDA blocks back to the driver with `torch.cuda.empty_cache()`.
+
+Memory (`module_nbytes`) is counted per device from the module's parameters and
+buffers, each storage once: tied weights and views of one storage count once.
+Memory-mapped weights count as host bytes, although their pages are shared with
+every other process that maps the same file.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DTYPES",
+    "module_nbytes",
+    "tensors_nbytes",
     "PathStr",
     "check_device",
     "check_dtype",
@@ -230,3 +237,38 @@ def empty_cuda_cache() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+
+
+# -- memory ---------------------------------------------------------------------
+
+
+def module_nbytes(module: Any) -> dict[str, int]:
+    """Bytes held by a module's parameters and buffers, by device ("cpu", "cuda:0", ...)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(module, torch.nn.Module):
+        return {}
+    return tensors_nbytes([*module.parameters(), *module.buffers()])
+
+
+def tensors_nbytes(tensors: Any) -> dict[str, int]:
+    """Bytes held by `tensors` by device, counting each storage once.
+
+    A storage shared by several tensors (tied weights, views such as the halves
+    of a fused matrix) counts once, at its full size. Meta tensors hold nothing.
+    """
+    seen: set[tuple[str, int]] = set()
+    sizes: dict[str, int] = {}
+    for tensor in tensors:
+        device = str(tensor.device)
+        if tensor.device.type == "meta":
+            continue
+        try:
+            storage = tensor.untyped_storage()
+            where, size = storage.data_ptr(), storage.nbytes()
+        except (RuntimeError, NotImplementedError):  # sparse, quantized: no plain storage
+            where, size = id(tensor), tensor.element_size() * tensor.numel()
+        if (device, where) in seen or size == 0:
+            continue
+        seen.add((device, where))
+        sizes[device] = sizes.get(device, 0) + size
+    return sizes

@@ -14,6 +14,13 @@ without the transformers version that saved it; every other file by SHA-256),
 so retrained weights at the same path move `cache_key()`. Digests are cached
 per file version (path, size, mtime, ctime, inode) in each process; files in a hub
 cache are known by their blob name and never read. The device is placement.
+
+Shared weights: on the CPU, transformers 5 maps safetensors weights copy-on-write
+and keeps its parameters in the mapping when no dtype conversion is needed, so
+the worker processes of one machine share one copy of the pages. A `dtype` other
+than the file's converts, and so copies (see docs/gpu.md, "Models at scale").
+`nbytes()` counts the model's parameters and buffers by device, mapped ones as
+host bytes.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from handles.specs._device import (
     PathStr,
     check_device,
     check_dtype,
+    module_nbytes,
     release_module,
     resolve_device,
     to_torch_dtype,
@@ -175,6 +183,13 @@ class HFPipelineSpec(Spec["Pipeline"]):
 
     def teardown(self, value: Pipeline) -> None:
         release_module(getattr(value, "model", None))
+
+    def nbytes(self, value: Pipeline) -> dict[str, int]:
+        """Bytes of the pipeline model's parameters and buffers by device, each storage once.
+
+        The tokenizer and other processors are not counted (small next to the model).
+        """
+        return module_nbytes(getattr(value, "model", None))
 
 
 def _nested_items(

@@ -176,6 +176,18 @@ class SpacySpec(Spec["Language"]):
     def teardown(self, value: Language) -> None:
         """Nothing to close: a pipeline holds memory only, freed with its last reference."""
 
+    def nbytes(self, value: Language) -> dict[str, int]:
+        """An estimate of the pipeline's memory by device: its arrays, not its Python objects.
+
+        Counts the vocabulary's vectors table (`nlp.vocab.vectors.data`) and every
+        parameter array of each component's thinc model (found with `model.walk()`;
+        a layer shared by several components counts once), plus the parameters of
+        torch models wrapped in thinc layers. Not counted: the string store,
+        lexemes, lookup tables and rules, Python objects; for a small pipeline
+        these can be a large part of its real footprint.
+        """
+        return _pipeline_nbytes(value)
+
     def _check_components(self, meta: PipelineMeta) -> None:
         # spaCy silently ignores unknown names here, so a typo in disable= would
         # run the component it meant to switch off.
@@ -190,6 +202,53 @@ class SpacySpec(Spec["Language"]):
                     f"{meta.title} has no component {', '.join(map(repr, unknown))}; "
                     f"its components are {', '.join(meta.components)}",
                 )
+
+
+def _pipeline_nbytes(nlp: Any) -> dict[str, int]:
+    """What `SpacySpec.nbytes` counts, for any `Language`."""
+    arrays, torch_modules = _model_arrays(nlp)
+    vectors = getattr(getattr(nlp.vocab, "vectors", None), "data", None)
+    if vectors is not None:
+        arrays.setdefault(id(vectors), vectors)
+    sizes: dict[str, int] = {}
+    for array in arrays.values():
+        device = _array_device(array)
+        sizes[device] = sizes.get(device, 0) + int(getattr(array, "nbytes", 0))
+    if torch_modules:
+        from handles.specs._device import module_nbytes
+
+        for inner in torch_modules.values():
+            for device, size in module_nbytes(inner).items():
+                sizes[device] = sizes.get(device, 0) + size
+    return {device: size for device, size in sizes.items() if size}
+
+
+def _model_arrays(nlp: Any) -> tuple[dict[int, Any], dict[int, Any]]:
+    """Parameter arrays of the components' thinc models, and torch models they wrap, by id."""
+    arrays: dict[int, Any] = {}
+    torch_modules: dict[int, Any] = {}
+    nodes: dict[int, Any] = {}
+    for _, component in nlp.components:
+        model: Any = getattr(component, "model", None)
+        if hasattr(model, "walk"):
+            nodes.update((id(node), node) for node in model.walk())
+    for node in nodes.values():
+        for name in node.param_names:
+            if node.has_param(name):
+                array = node.get_param(name)
+                arrays.setdefault(id(array), array)
+        for shim in getattr(node, "shims", ()):
+            inner = getattr(shim, "_model", None)
+            if inner is not None:
+                torch_modules.setdefault(id(inner), inner)
+    return arrays, torch_modules
+
+
+def _array_device(array: Any) -> str:
+    """ "cpu" for numpy arrays; "cuda:N" for cupy arrays on GPU N."""
+    if type(array).__module__.partition(".")[0] == "cupy":
+        return f"cuda:{array.device.id}"
+    return "cpu"
 
 
 # -- reading meta.json ------------------------------------------------------------

@@ -21,6 +21,18 @@ containers. A spec read from JSON may say so only where the worker sets
 `HANDLES_ALLOW_PICKLE_WEIGHTS=1`. The module is put in `eval()` mode unless
 `eval_mode=False`.
 
+Shared weights: on the CPU, safetensors weights stay memory-mapped. The file is
+mapped copy-on-write (`mmap.ACCESS_COPY`), its tensors are views of the mapping
+(`torch.frombuffer`), and `load_state_dict(assign=True)` makes them the module's
+parameters and buffers, so no private copy is made and every process on the
+machine that loads the same file shares one copy of its pages. Writing to such
+a parameter works and changes only this process's copy of the pages written
+(never the file). Copies are made where a tensor's dtype differs from the
+module's (`load_state_dict` would convert it), for `dtype=` and for a GPU
+device. Tied parameters stay tied. Replace a weights file by writing a new file
+(or renaming one over it), never by rewriting it in place: the mapped pages are
+the file's.
+
 Devices and the multi-GPU policy are described in `handles.specs._device`.
 """
 
@@ -28,7 +40,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import math
+import mmap
+import sys
 import threading
 import zipfile
 from collections.abc import Callable, Mapping
@@ -54,6 +69,7 @@ from handles.specs._device import (
     PathStr,
     check_device,
     check_dtype,
+    module_nbytes,
     release_module,
     resolve_device,
     to_torch_dtype,
@@ -237,6 +253,14 @@ class TorchModelSpec(Spec["torch.nn.Module"]):
     def teardown(self, value: torch.nn.Module) -> None:
         release_module(value)
 
+    def nbytes(self, value: torch.nn.Module) -> dict[str, int]:
+        """Bytes of the module's parameters and buffers by device, each storage once.
+
+        Memory-mapped weights count as host bytes, though their pages are shared
+        with every process that maps the same file.
+        """
+        return module_nbytes(value)
+
     def _from_factory(self) -> torch.nn.Module:
         import torch  # present: build() required it
 
@@ -257,7 +281,7 @@ class TorchModelSpec(Spec["torch.nn.Module"]):
         if self.weights is not None:
             state = _read_state_dict(Path(self.weights), self.allow_pickle_weights)
             try:
-                module.load_state_dict(state, strict=self.strict)
+                _load_weights(module, state, strict=self.strict)
             except RuntimeError as exc:
                 raise SpecError.one(
                     KIND,
@@ -301,14 +325,15 @@ def _read_state_dict(path: Path, allow_pickle: bool) -> Mapping[str, Any]:
         raise SpecError.one(KIND, "weights", f"no such file: {path}")
     fmt = _sniff(path)
     if fmt == "safetensors":
-        safetensors_torch = require("safetensors.torch", "torch", kind=KIND)
+        safetensors = require("safetensors", "torch", kind=KIND)
         try:
-            state: Mapping[str, Any] = safetensors_torch.load_file(str(path), device="cpu")
+            with safetensors.safe_open(str(path), framework="pt") as checked:  # validates
+                names = list(checked.keys())
+            return _map_safetensors(path, names)
         except Exception as exc:
             raise SpecError.one(
                 KIND, "weights", f"{path} is not a readable safetensors file: {exc}"
             ) from exc
-        return state
     if fmt == "pickle":
         if not allow_pickle:
             raise SpecError.one(KIND, "weights", _pickle_refused(str(path)))
@@ -329,6 +354,111 @@ def _read_state_dict(path: Path, allow_pickle: bool) -> Mapping[str, Any]:
     raise SpecError.one(
         KIND, "weights", f"{path} is neither a safetensors file nor a torch.save checkpoint"
     )
+
+
+# safetensors dtype names -> torch dtype attribute names.
+_SAFETENSORS_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+}
+
+
+def _map_safetensors(path: Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """The tensors of a (validated) safetensors file as views of one copy-on-write mapping.
+
+    Pages are read on first touch and shared with every process mapping the
+    file; a write copies the page written for this process only. A tensor that
+    cannot be a view (a dtype unknown here, misaligned data, a big-endian
+    machine) is read by safetensors instead, as a private copy.
+    """
+    import torch
+
+    with path.open("rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    start = 8 + size
+    state: dict[str, torch.Tensor] = {}
+    for name in names:
+        info = header[name]
+        dtype = getattr(torch, _SAFETENSORS_DTYPES.get(info["dtype"], ""), None)
+        begin, end = info["data_offsets"]
+        if dtype is None or sys.byteorder != "little":
+            state[name] = _read_one(path, name)
+        elif begin == end:
+            state[name] = torch.empty(info["shape"], dtype=dtype)
+        elif (start + begin) % dtype.itemsize:
+            state[name] = _read_one(path, name)
+        else:
+            flat = torch.frombuffer(
+                mapped, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=start + begin
+            )
+            state[name] = flat.view(info["shape"])
+    return state
+
+
+def _read_one(path: Path, name: str) -> torch.Tensor:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        tensor: torch.Tensor = f.get_tensor(name).clone()
+    return tensor
+
+
+def _load_weights(module: torch.nn.Module, state: Mapping[str, Any], *, strict: bool) -> None:
+    """`load_state_dict` that keeps the state's tensors instead of copying them.
+
+    What load_state_dict would convert (another dtype) is converted first; tied
+    parameters and buffers (one tensor under several names) stay one tensor.
+    """
+    own = module.state_dict(keep_vars=True)
+    fitted = {
+        name: tensor.to(own[name].dtype)
+        if name in own and own[name].dtype != tensor.dtype and own[name].shape == tensor.shape
+        else tensor
+        for name, tensor in state.items()
+    }
+    places = _tensor_places(module)
+    module.load_state_dict(fitted, strict=strict, assign=True)
+    for names in places.values():
+        if len(names) < 2:
+            continue
+        loaded = [name for name in names if name in fitted] or names
+        keep = _get_at(module, loaded[-1])  # several loaded: the last, as copying would leave
+        for name in names:
+            _set_at(module, name, keep)
+
+
+def _tensor_places(module: torch.nn.Module) -> dict[int, list[str]]:
+    """Every name of each parameter and buffer, by the tensor's identity."""
+    places: dict[int, list[str]] = {}
+    named = [
+        *module.named_parameters(remove_duplicate=False),
+        *module.named_buffers(remove_duplicate=False),
+    ]
+    for name, tensor in named:
+        places.setdefault(id(tensor), []).append(name)
+    return places
+
+
+def _get_at(module: torch.nn.Module, name: str) -> Any:
+    owner, _, attr = name.rpartition(".")
+    return getattr(module.get_submodule(owner), attr)
+
+
+def _set_at(module: torch.nn.Module, name: str, tensor: Any) -> None:
+    owner, _, attr = name.rpartition(".")
+    setattr(module.get_submodule(owner), attr, tensor)
 
 
 def _load_archive(path: Path, device: torch.device) -> torch.nn.Module:
