@@ -7,8 +7,10 @@ the same call writes the same bytes.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,53 @@ class TinyMLP(torch.nn.Module):
 @model_factory("tiny-mlp")
 def tiny_mlp(in_features: int = IN_FEATURES, hidden: int = 16, out_features: int = 2) -> TinyMLP:
     return TinyMLP(in_features, hidden, out_features)
+
+
+class SquareStack(torch.nn.Sequential):
+    """`layers` square Linear layers: width * width * layers * 4 bytes of float32 weights."""
+
+    def __init__(self, width: int = 2048, layers: int = 4):
+        super().__init__(*(torch.nn.Linear(width, width) for _ in range(layers)))
+
+
+@model_factory("square-stack")
+def square_stack(width: int = 2048, layers: int = 4) -> SquareStack:
+    return SquareStack(width, layers)
+
+
+def save_square_stack(path: Path, seed: int = 0, **kwargs: Any) -> Path:
+    """Weights for `square-stack` (width=2048, layers=4: 64 MiB and 32 KiB of biases)."""
+    torch.manual_seed(seed)
+    save_file(SquareStack(**kwargs).state_dict(), str(path))
+    return path
+
+
+class TiedLM(torch.nn.Module):
+    """An embedding tied to the output layer (one weight under two names) and a buffer."""
+
+    def __init__(self, vocab: int = 50, width: int = 16):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, width)
+        self.out = torch.nn.Linear(width, vocab, bias=False)
+        self.out.weight = self.embed.weight
+        self.register_buffer("scale", torch.full((width,), 2.0))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(self.embed(ids) * self.scale)
+
+
+@model_factory("tied-lm")
+def tied_lm(vocab: int = 50, width: int = 16) -> TiedLM:
+    return TiedLM(vocab, width)
+
+
+def save_tied_lm(path: Path, seed: int = 0, **kwargs: Any) -> Path:
+    """Weights for `tied-lm` as safetensors' save_model writes them: the tied weight once."""
+    from safetensors.torch import save_model
+
+    torch.manual_seed(seed)
+    save_model(TiedLM(**kwargs), str(path))
+    return path
 
 
 def seeded_mlp(seed: int = 0, **kwargs: Any) -> TinyMLP:
@@ -157,3 +206,88 @@ def run_in_spawn_pool(
         workers, mp_context=ctx, initializer=_meet, initargs=(barrier,)
     ) as pool:
         return list(pool.map(call_models, [specs] * calls, ["a good film"] * calls))
+
+
+# -- memory: PSS of spawn workers each holding a model (Linux) ----------------
+
+
+def pss_bytes(pid: int) -> int:
+    """A process's proportional set size: private pages plus its share of shared ones."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no Pss line in /proc/{pid}/smaps_rollup")
+
+
+_pool_barrier: Any = None
+
+
+def _keep_barrier(barrier: Any) -> None:
+    global _pool_barrier
+    _pool_barrier = barrier
+
+
+def _touch(model: Any) -> None:
+    module = getattr(model, "model", model)  # a pipeline's model
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            tensor.sum()  # reads every page, as inference would
+
+
+def hold_spec(spec: handles.Spec[Any]) -> None:
+    """In a worker: get the spec's model (the registry keeps it) and read all its weights."""
+    _touch(spec.get())
+
+
+@functools.cache
+def _loaded_by_hand(factory: str, kwargs_items: tuple[Any, ...], weights: str) -> Any:
+    from safetensors.torch import load_file
+
+    from handles.specs.torch import registered_factories
+
+    module = registered_factories()[factory](**dict(kwargs_items))
+    module.load_state_dict(load_file(weights))
+    return module.eval()
+
+
+def hold_by_hand(factory: str, kwargs: dict[str, Any], weights: str) -> None:
+    """In a worker: the hand-written loader, a per-process cache around load_state_dict."""
+    _touch(_loaded_by_hand(factory, tuple(sorted(kwargs.items())), weights))
+
+
+def hold_nothing() -> None:
+    """In a worker: nothing (the idle baseline; torch, safetensors, handles imported)."""
+    import safetensors.torch  # noqa: F401
+
+
+def _hold_then_meet(hold: Callable[[], None]) -> int:
+    hold()
+    _pool_barrier.wait(timeout=120)  # one task per worker: every worker is busy at once
+    return os.getpid()
+
+
+def pss_of_spawn_workers(hold: Callable[[], None], workers: int) -> list[int]:
+    """PSS in bytes of each of `workers` spawn workers after each ran `hold` once.
+
+    Read while all of them are alive and holding what `hold` left them, so a page
+    they share counts once in the sum.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(workers)
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_keep_barrier, initargs=(barrier,)
+    ) as pool:
+        pids = list(pool.map(_hold_then_meet, [hold] * workers))
+        assert len(set(pids)) == workers, pids
+        return [pss_bytes(pid) for pid in pids]
+
+
+def weight_copies(hold: Callable[[], None], weights_bytes: int, workers: int) -> float:
+    """Copies of the weights held by `workers` spawn workers, from PSS.
+
+    (sum of PSS over workers that ran `hold`) minus (the same for workers that
+    imported the same modules and hold nothing), divided by the weights' size.
+    """
+    idle = sum(pss_of_spawn_workers(hold_nothing, workers))
+    loaded = sum(pss_of_spawn_workers(hold, workers))
+    return (loaded - idle) / weights_bytes
