@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DTYPES",
     "module_nbytes",
+    "return_freed_memory",
     "tensors_nbytes",
     "PathStr",
     "check_device",
@@ -272,3 +273,21 @@ def tensors_nbytes(tensors: Any) -> dict[str, int]:
         seen.add((device, where))
         sizes[device] = sizes.get(device, 0) + size
     return sizes
+
+
+def return_freed_memory() -> None:
+    """Give freed heap memory back to the operating system (glibc's `malloc_trim`).
+
+    A factory's module is allocated with random weights that loading replaces;
+    glibc keeps such freed blocks for reuse, so without this a process would hold
+    a second, unused copy's worth of memory. Does nothing where glibc is absent.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # musl and others: no malloc_trim
+        return
+    trim(0)

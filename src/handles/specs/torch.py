@@ -72,6 +72,7 @@ from handles.specs._device import (
     module_nbytes,
     release_module,
     resolve_device,
+    return_freed_memory,
     to_torch_dtype,
 )
 
@@ -289,6 +290,7 @@ class TorchModelSpec(Spec["torch.nn.Module"]):
                     f"{self.weights} does not fit the module from factory "
                     f"{self.factory!r}: {_first_problems(exc)}",
                 ) from exc
+            return_freed_memory()  # the factory's initial weights, replaced by the file's
         return module
 
 
