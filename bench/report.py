@@ -149,6 +149,11 @@ def main() -> None:
         results = json.loads((folder / DATA).read_text(encoding="utf-8"))
     else:
         results = run_benchmarks(args.only, args.quick)
+        if args.only and (folder / DATA).exists():
+            # A partial run replaces only its own benchmarks; the page keeps the others'
+            # numbers from their last full run (each section says which script made it).
+            earlier = json.loads((folder / DATA).read_text(encoding="utf-8"))
+            results = {**earlier, **results}
         (folder / DATA).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (folder / PAGE).write_text(render(results), encoding="utf-8")
     chart(results, folder / CHART)
