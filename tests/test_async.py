@@ -229,3 +229,34 @@ def test_aget_is_fast_when_warm():
 
     asyncio.run(main())
     assert handles.registry().stats()[spec.cache_key()].hits == 1000
+
+
+def test_membership_and_evict_outside_a_loop_are_plain_answers():
+    spec = LoopSpec(name="outside")
+    assert spec not in handles.registry()
+    assert handles.registry().evict(spec) is False
+
+    async def main() -> tuple[bool, bool, bool]:
+        await spec.aget()
+        inside = spec in handles.registry()
+        evicted = handles.registry().evict(spec)
+        for _ in range(1000):  # let the teardown scheduled on this loop run
+            if CLOSED:
+                break
+            await asyncio.sleep(0)
+        return inside, evicted, spec in handles.registry()
+
+    assert asyncio.run(main()) == (True, True, False)
+    assert CLOSED == ["outside"]
+
+
+def test_a_teardown_cut_short_by_the_loops_end_is_finished_by_the_loop():
+    spec = LoopSpec(name="cut-short")
+
+    async def main() -> None:
+        await spec.aget()
+        handles.registry().evict(spec)  # schedules the teardown; main returns at once
+
+    asyncio.run(main())
+    assert CLOSED == ["cut-short"]
+    assert len(handles.registry()) == 0

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pickle
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cloudpickle
@@ -33,13 +35,40 @@ def spec(case: KindCase, tmp_path) -> Spec[Any]:
     return case.make(tmp_path)
 
 
+@pytest.fixture
+def live() -> Iterator[Callable[[Spec[Any]], Any]]:
+    """`spec.get()`, or for loop-scoped kinds `await spec.aget()` on one event loop.
+
+    The loop runs in a thread of its own for the whole test, so callers from any
+    thread share it, as the coroutines of one application share their loop.
+    """
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def get(spec: Spec[Any]) -> Any:
+        if spec.scope != "loop":
+            return spec.get()
+        return asyncio.run_coroutine_threadsafe(spec.aget(), loop).result(timeout=120)
+
+    yield get
+    # Closing the loop's async generators closes its objects, on the loop.
+    asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout=120)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=120)
+    loop.close()
+
+
+NOT_FOR_LOOPS = "a loop-scoped object lives and dies with its event loop: see tests/test_async.py"
+
+
 def stats_of(spec: Spec[Any]) -> handles.KeyStats | None:
     return handles.registry().stats().get(spec.cache_key())
 
 
-def test_pickle_round_trip_is_small_and_carries_no_live_state(spec):
+def test_pickle_round_trip_is_small_and_carries_no_live_state(spec, live):
     before = pickle.dumps(spec)
-    spec.get()
+    live(spec)
     after = pickle.dumps(spec)
     assert after == before, "a used spec must pickle exactly like a fresh one"
     assert len(before) < 1024, f"pickled spec is {len(before)} bytes"
@@ -99,17 +128,17 @@ def test_placement_change_keeps_the_key_identity_change_moves_it(case, spec):
     assert moved._instance_key() != spec._instance_key(), "placement still picks the live object"
 
 
-def test_get_reuses_one_object(spec):
-    first = spec.get()
-    assert spec.get() is first
-    assert type(spec).model_validate_json(spec.model_dump_json()).get() is first
+def test_get_reuses_one_object(spec, live):
+    first = live(spec)
+    assert live(spec) is first
+    assert live(type(spec).model_validate_json(spec.model_dump_json())) is first
     stats = stats_of(spec)
     assert stats is not None
     assert stats.builds == 1
     assert stats.hits == 2
 
 
-def test_single_flight_with_64_threads(case, spec):
+def test_single_flight_with_64_threads(case, spec, live):
     barrier = threading.Barrier(64)
     got: list[Any] = [None] * 64
     errors: list[BaseException] = []
@@ -117,8 +146,8 @@ def test_single_flight_with_64_threads(case, spec):
     def worker(i: int) -> None:
         try:
             barrier.wait()
-            got[i] = spec.get()
-            assert spec.get() is got[i]
+            got[i] = live(spec)
+            assert live(spec) is got[i]
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -130,7 +159,7 @@ def test_single_flight_with_64_threads(case, spec):
     assert not errors, errors[:3]
     stats = stats_of(spec)
     assert stats is not None
-    if spec.scope == "process":
+    if spec.scope in ("process", "loop"):  # the loop: one, shared by its coroutines
         assert stats.builds == 1
         assert all(obj is got[0] for obj in got)
     else:
@@ -138,11 +167,11 @@ def test_single_flight_with_64_threads(case, spec):
         assert len({id(obj) for obj in got}) == 64
 
 
-def test_failing_build_is_not_cached(case, tmp_path):
+def test_failing_build_is_not_cached(case, tmp_path, live):
     broken = case.broken(tmp_path)
     for attempt in (1, 2):
         with pytest.raises(BuildError) as info:
-            broken.get()
+            live(broken)
         assert broken.kind in str(info.value) or type(broken).__name__ in str(info.value)
         assert info.value.__cause__ is not None
         stats = stats_of(broken)
@@ -151,7 +180,7 @@ def test_failing_build_is_not_cached(case, tmp_path):
     assert broken not in handles.registry()
 
 
-def test_failing_build_reaches_every_waiter(case, tmp_path):
+def test_failing_build_reaches_every_waiter(case, tmp_path, live):
     broken = case.broken(tmp_path)
     barrier = threading.Barrier(16)
     errors: list[BaseException] = []
@@ -159,7 +188,7 @@ def test_failing_build_reaches_every_waiter(case, tmp_path):
     def worker() -> None:
         barrier.wait()
         try:
-            broken.get()
+            live(broken)
         except BaseException as exc:
             errors.append(exc)
 
@@ -182,6 +211,8 @@ def _child_after_fork(spec: Spec[Any], parent_obj: Any) -> tuple[int, bool, int]
 
 
 def test_fork_child_builds_its_own(case, spec):
+    if spec.scope == "loop":
+        pytest.skip(NOT_FOR_LOOPS)
     parent_obj = spec.get()
     result = run_in_fork(_child_after_fork, spec, parent_obj)
     assert result == (0, True, 1), "the child starts empty and builds its own"
@@ -193,6 +224,8 @@ def test_fork_child_builds_its_own(case, spec):
 
 
 def test_close_tears_down_newest_first(case, spec, monkeypatch):
+    if spec.scope == "loop":
+        pytest.skip(NOT_FOR_LOOPS)
     closed: list[str] = []
     original = type(spec).teardown
 

@@ -594,7 +594,8 @@ class Registry:
             if spec.scope == "thread":
                 entry = self._thread_record().entries.pop(key, None)
             elif spec.scope == "loop":
-                loop_record = self._loops.get(_running_loop())  # type: ignore[arg-type]
+                loop = _running_loop()
+                loop_record = None if loop is None else self._loops.get(loop)
                 entry = None if loop_record is None else loop_record.entries.pop(key, None)
             else:
                 entry = self._entries.pop(key, None)
@@ -829,10 +830,14 @@ class Registry:
         for entry in sorted(ready, key=lambda e: e.seq, reverse=True):
             try:
                 await entry.spec.ateardown(entry.value)
+            except asyncio.CancelledError:
+                if not ending:  # the loop is shutting down: its keeper finishes the job
+                    with self._lock:
+                        loop_record.retired.append(entry)
+                raise
             except Exception:
                 logger.exception("closing %r failed", entry.spec)
-            finally:
-                self._forget_value(entry)
+            self._forget_value(entry)
 
     def _schedule_loop_cleanup(self, loop_record: _LoopRecord) -> None:
         # Lock held. Async teardown must run on the object's own loop.
@@ -913,7 +918,8 @@ class Registry:
         if scope == "thread":
             return key in self._thread_record().entries
         if scope == "loop":
-            loop_record = self._loops.get(_running_loop())  # type: ignore[arg-type]
+            loop = _running_loop()
+            loop_record = None if loop is None else self._loops.get(loop)
             return loop_record is not None and key in loop_record.entries
         return key in self._entries
 

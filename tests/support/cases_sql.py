@@ -1,6 +1,6 @@
 """Contract cases for the SQL kinds: SQLite files and in-memory databases, and
-DatabaseSpec on an SQLite file and on the real PostgreSQL (skipped, saying why,
-when HANDLES_TEST_POSTGRES_URL is unset)."""
+DatabaseSpec and AsyncDatabaseSpec on an SQLite file and on the real PostgreSQL
+(skipped, saying why, when HANDLES_TEST_POSTGRES_URL is unset)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from handles import DatabaseSpec, SqliteSpec
+from handles import AsyncDatabaseSpec, DatabaseSpec, SqliteSpec
 from support.cases import KindCase
 
 POSTGRES_ENV = "HANDLES_TEST_POSTGRES_URL"
@@ -95,4 +95,35 @@ CASES = [
         alive=ping_engine,
         requires=("sqlalchemy", "psycopg"),
     ),
+    # Loop scope: the suite gets these through `await spec.aget()` on one event loop.
+    KindCase(
+        name="async-database-sqlite",
+        make=lambda tmp: AsyncDatabaseSpec(
+            url=f"sqlite+aiosqlite:///{Path(tmp, 'contract.db').as_posix()}"
+        ),
+        placement_variant=lambda s: s.replace(pool_size=2),
+        identity_variant=lambda s: s.replace(url=s.url + "-other"),
+        broken=lambda tmp: AsyncDatabaseSpec(
+            url=f"sqlite+aiosqlite:///{Path(tmp, 'missing', 'x.db').as_posix()}"
+        ),
+        requires=("sqlalchemy", "greenlet", "aiosqlite"),
+    ),
+    KindCase(
+        name="async-database-postgres",
+        make=lambda tmp: AsyncDatabaseSpec(
+            url=as_async(tagged(postgres_url(), f"handles-{tmp.name}")), pool_size=2
+        ),
+        placement_variant=lambda s: s.replace(pool_size=3),
+        identity_variant=lambda s: s.replace(url=other_database(s.url, "postgres")),
+        broken=lambda tmp: AsyncDatabaseSpec(url=as_async(UNREACHABLE_POSTGRES)),
+        requires=("sqlalchemy", "greenlet", "psycopg"),
+    ),
 ]
+
+
+def as_async(url: str) -> str:
+    """`url` with psycopg's asyncio driver."""
+    from sqlalchemy import make_url
+
+    parsed = make_url(url).set(drivername="postgresql+psycopg_async")
+    return parsed.render_as_string(hide_password=False)
