@@ -18,7 +18,7 @@ from prefect import flow, task
 
 import handles
 from handles import Identity, Placement, SecretRef, Spec
-from handles.integrations.prefect import AnySpec
+from handles.integrations.prefect import AnySpec, preflight
 from support.kinds import EchoSpec, Resource
 
 HERE = Path(__file__).parent
@@ -123,6 +123,39 @@ def build_then_evict(first: Spec[Any], second: Spec[Any]) -> None:
 @flow
 def evicting(first: AnySpec, second: AnySpec) -> None:
     build_then_evict(first, second)
+
+
+# -- task.map with a spec ---------------------------------------------------------------
+
+
+@task
+def echo_item(spec: Spec[Any], item: int) -> dict[str, Any]:
+    """What one mapped run received: the spec whole (its object's name) and its item."""
+    return {"item": item, "spec": spec.get().ping(), "pid": os.getpid()}
+
+
+checked_echo_item = preflight(echo_item)
+
+
+def _mapped(task_: Any, *args: Any) -> list[dict[str, Any]] | str:
+    """Every run's result, or the name of the error `.map()` or a run raised."""
+    try:
+        return [future.result() for future in task_.map(*args)]
+    except Exception as exc:
+        return type(exc).__name__
+
+
+@flow
+def map_over_items(spec: AnySpec, others: list[AnySpec], counts: list[int]) -> dict[str, Any]:
+    """`.map(spec, items)` for each item count, through preflight and on the bare task."""
+    from prefect import unmapped
+
+    return {
+        "preflight": [_mapped(checked_echo_item, spec, list(range(n))) for n in counts],
+        "plain": [_mapped(echo_item, spec, list(range(n))) for n in counts],
+        "explicit": _mapped(echo_item, unmapped(spec), list(range(counts[0]))),
+        "one spec per run": _mapped(checked_echo_item, others, list(range(len(others)))),
+    }
 
 
 # -- seed scenarios ------------------------------------------------------------------

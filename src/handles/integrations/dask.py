@@ -5,8 +5,8 @@
     client.register_plugin(SpecWarmUp(NLP, DB))                    # a running cluster
     DaskTaskRunner(cluster_kwargs={"n_workers": 2, "plugins": {SpecWarmUp(NLP)}})
 
-Workers that join later run the plugin too. Removing the plugin evicts the
-specs it built. Never imported by `import handles`; importing it imports
+Workers that join later run the plugin too. A worker closes the specs when it
+closes, or when the plugin is removed. Never imported by `import handles`; importing it imports
 distributed.
 """
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from handles._keys import digest
 from handles._optional import require
 from handles._spec import Spec
-from handles.integrations._warm import warm
+from handles.integrations._warm import release, warm
 
 require("distributed", "dask")
 
@@ -61,7 +61,4 @@ class SpecWarmUp(WorkerPlugin):
         warm(self.specs)
 
     def teardown(self, worker: Worker) -> None:
-        from handles import registry
-
-        for spec in self.specs:
-            registry().evict(spec)
+        release(self.specs)

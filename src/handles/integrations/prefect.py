@@ -1,22 +1,26 @@
 """Prefect integration: specs as task inputs under any task runner.
 
-    from handles.integrations.prefect import SPEC_INPUTS, preflight, warm_up
+    from handles.integrations.prefect import SPEC_INPUTS, bind_to_workers, preflight
 
     @preflight                      # refuse live objects before submission
     @task(cache_policy=SPEC_INPUTS + TASK_SOURCE)
     def tag(nlp: SpacySpec, text: str) -> list[str]:
         return [ent.label_ for ent in nlp.get()(text).ents]
 
-    @flow(task_runner=ProcessPoolTaskRunner(initializer=warm_up, initargs=(NLP,)))
-    def pipeline(texts: list[str]) -> None: ...
+    @flow(task_runner=bind_to_workers(ProcessPoolTaskRunner(max_workers=2), NLP))
+    def pipeline(texts: list[str]) -> None:
+        tag.map(NLP, texts)         # each run gets NLP whole, built once per worker
 
 - `SPEC_INPUTS`: a cache policy that keys a spec by its `cache_key()` (identity
   only) and every other input exactly as Prefect's INPUTS does, so moving a
   model from cpu to cuda keeps its cache. `SPEC_DEFAULT` is the spec-aware
   counterpart of Prefect's default policy.
+- `bind_to_workers`: a task runner (threads, processes, Dask, Ray) whose workers
+  build chosen specs as they start and close them as they stop.
 - `warm_up`: a worker initializer that builds chosen specs before the first task.
 - `route_registry_logs`: the registry's build and eviction lines in the run logs.
-- `preflight`: checks a task's arguments before submission (see `.preflight`).
+- `preflight`: checks a task's arguments before submission (see `.preflight`);
+  its `.map()` hands every run a spec argument whole.
 - `AnySpec`: a flow parameter type taking any kind of spec, or its JSON as a
   deployment sends it.
 
@@ -25,19 +29,21 @@ Never imported by `import handles`; importing this module imports Prefect.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import inspect
 import logging
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypeVar, cast
 
 from pydantic import PlainValidator, SerializeAsAny, WithJsonSchema
 
 from handles._kinds import spec_from_json
 from handles._optional import require
 from handles._spec import Spec
-from handles.integrations._warm import warm
+from handles.integrations._warm import checked, release, warm
 from handles.integrations.preflight import (
     Finding,
     Pickler,
@@ -55,6 +61,12 @@ from prefect.cache_policies import (  # noqa: E402  (after the install hint)
     CompoundCachePolicy,
     Inputs,
 )
+from prefect.task_runners import (  # noqa: E402
+    ProcessPoolTaskRunner,
+    TaskRunner,
+    ThreadPoolTaskRunner,
+)
+from prefect.utilities.annotations import BaseAnnotation, unmapped  # noqa: E402
 
 if TYPE_CHECKING:
     from prefect.context import TaskRunContext
@@ -67,6 +79,7 @@ __all__ = [
     "PreflightError",
     "PreflightTask",
     "SpecInputs",
+    "bind_to_workers",
     "check_inputs",
     "preflight",
     "route_registry_logs",
@@ -210,7 +223,7 @@ def route_registry_logs(level: int = logging.INFO) -> None:
         handles_logger.addHandler(_RunLogHandler(level))
 
 
-# -- warm-up --------------------------------------------------------------------------
+# -- warm-up and worker life ---------------------------------------------------------
 
 
 def warm_up(*specs: Spec[Any]) -> None:
@@ -219,10 +232,148 @@ def warm_up(*specs: Spec[Any]) -> None:
     A worker initializer: `ProcessPoolTaskRunner(initializer=warm_up, initargs=(a, b))`.
     Process pool tasks run in the worker's main thread, the same thread as the
     initializer, so thread-scoped specs are warmed for them too. A failed build
-    is logged and retried by the first task that needs it.
+    is logged and retried by the first task that needs it. `bind_to_workers`
+    also closes them when the worker stops.
     """
     route_registry_logs()
     warm(specs)
+
+
+RunnerT = TypeVar("RunnerT", bound=TaskRunner[Any])
+
+
+def bind_to_workers(runner: RunnerT, *specs: Spec[Any]) -> RunnerT:
+    """A copy of `runner` that builds `specs` as each worker starts and closes them as it stops.
+
+        @flow(task_runner=bind_to_workers(ProcessPoolTaskRunner(max_workers=2), NLP, DB))
+
+    - ThreadPoolTaskRunner: process-scoped specs are built once, in the flow's
+      process, when the runner starts, and closed when it stops. Thread-scoped
+      ones are built by each pool thread on first use and closed as the pool's
+      threads end, when the runner stops.
+    - ProcessPoolTaskRunner: every spec is built in each worker's main thread,
+      where its tasks run (after your own initializer, if any), and closed when
+      the worker exits.
+    - DaskTaskRunner, on a cluster it creates: process-scoped specs are built as
+      each worker starts and closed as it closes (the `SpecWarmUp` plugin);
+      thread-scoped ones by each executor thread on first use. On a cluster of
+      your own, register `SpecWarmUp` with the client instead.
+    - RayTaskRunner, when it calls `ray.init`: every spec is built by Ray's
+      worker setup hook in each worker's main thread, where its tasks run, and
+      closed there when the runner stops (`handles.integrations.ray.WorkerSpecs`).
+
+    A failed build is logged and retried by the first task that needs the spec.
+    Registry lines go to the run logs everywhere. `runner` itself is unchanged;
+    the copy keeps the binding when Prefect duplicates it for each flow run.
+    """
+    bound = checked(specs, "bind_to_workers")
+    if isinstance(runner, BoundThreadPoolTaskRunner):
+        return cast(RunnerT, runner.duplicate().bound_to((*runner.specs, *bound)))
+    if type(runner) is ThreadPoolTaskRunner:
+        # Prefect keeps the pool size private; its own duplicate() reads it too.
+        fresh = BoundThreadPoolTaskRunner(max_workers=cast(Any, runner)._max_workers)
+        return cast(RunnerT, fresh.bound_to(bound))
+    if isinstance(runner, ProcessPoolTaskRunner):
+        return cast(RunnerT, _bind_process_pool(runner, bound))
+    dask = sys.modules.get("prefect_dask.task_runners")
+    if dask is not None and isinstance(runner, dask.DaskTaskRunner):
+        return cast(RunnerT, _bind_dask(runner, bound))
+    ray = sys.modules.get("prefect_ray.task_runners")
+    if ray is not None and isinstance(runner, ray.RayTaskRunner):
+        from handles.integrations._prefect_ray import bind_ray
+
+        return cast(RunnerT, bind_ray(runner, bound))
+    raise TypeError(
+        "bind_to_workers takes Prefect's ThreadPoolTaskRunner, ProcessPoolTaskRunner, "
+        f"DaskTaskRunner or RayTaskRunner; got {type(runner).__name__}"
+    )
+
+
+class BoundThreadPoolTaskRunner(ThreadPoolTaskRunner[Any]):
+    """A ThreadPoolTaskRunner from `bind_to_workers`: its specs live as long as it runs."""
+
+    specs: tuple[Spec[Any], ...] = ()
+
+    def bound_to(self, specs: tuple[Spec[Any], ...]) -> BoundThreadPoolTaskRunner:
+        self.specs = specs
+        return self
+
+    def duplicate(self) -> BoundThreadPoolTaskRunner:
+        return cast(BoundThreadPoolTaskRunner, super().duplicate()).bound_to(self.specs)
+
+    def __enter__(self) -> Self:
+        super().__enter__()
+        route_registry_logs()
+        warm(self._shared())
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            super().__exit__(*exc_info)  # waits for the pool's threads to end
+        finally:
+            release(self._shared())
+
+    def _shared(self) -> list[Spec[Any]]:
+        # Thread-scoped objects belong to the pool's threads, which build and
+        # close their own: one built here would serve no task.
+        return [spec for spec in self.specs if spec.scope == "process"]
+
+
+def _bind_process_pool(runner: Any, specs: tuple[Spec[Any], ...]) -> Any:
+    bound = runner.duplicate()
+    # The worker initializer and its arguments: Prefect keeps them private, and
+    # its duplicate() carries them to every flow run's copy of the runner.
+    bound._initializer = _ProcessWorkerLife(
+        specs, getattr(runner, "_initializer", None), getattr(runner, "_initargs", ())
+    )
+    bound._initargs = ()
+    return bound
+
+
+class _ProcessWorkerLife:
+    """A process-pool worker initializer: your initializer, then the specs, closed at exit.
+
+    Pickled into every worker by name (spawn), with the specs and your initializer.
+    """
+
+    def __init__(
+        self,
+        specs: tuple[Spec[Any], ...],
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None:
+        self.specs = specs
+        self.initializer = initializer
+        self.initargs = tuple(initargs)
+
+    def __call__(self) -> None:
+        if self.initializer is not None:
+            self.initializer(*self.initargs)
+        route_registry_logs()
+        warm(self.specs)
+        # Tasks ran in this (main) thread, which also runs exit handlers: its
+        # thread-scoped objects close here too. Registered after handles' own
+        # handler, so it runs first.
+        atexit.register(release, self.specs)
+
+
+def _bind_dask(runner: Any, specs: tuple[Spec[Any], ...]) -> Any:
+    from handles.integrations.dask import SpecWarmUp
+
+    if runner.address or getattr(runner, "_cluster", None) is not None:
+        raise ValueError(
+            "bind_to_workers(DaskTaskRunner(...)) adds a worker plugin to the cluster the "
+            "runner creates; on a cluster of your own, register it with the client: "
+            "client.register_plugin(SpecWarmUp(...))"
+        )
+    bound = runner.duplicate()
+    shared = [spec for spec in specs if spec.scope == "process"]
+    if shared:
+        plugin = SpecWarmUp(*shared, prefect_logs=True)
+        plugins = bound.cluster_kwargs.get("plugins") or set()
+        added = [*plugins, plugin] if isinstance(plugins, list | tuple) else {*plugins, plugin}
+        bound.cluster_kwargs = {**bound.cluster_kwargs, "plugins": added}
+    return bound
 
 
 # -- preflight ------------------------------------------------------------------------
@@ -336,6 +487,8 @@ class PreflightTask:
             args = tuple(_listed(value) for value in args)
             kwargs = {name: _listed(value) for name, value in kwargs.items()}
         findings = self.check(args, kwargs, how)
+        if how == "map":
+            args, kwargs = _broadcast_specs(args, kwargs)
         if findings:
             error = PreflightError(f"task {self.task.name!r}", findings)
             if self.mode == "raise":
@@ -351,6 +504,35 @@ class PreflightTask:
 
 def _listed(value: Any) -> Any:
     return list(value) if isinstance(value, Iterator) else value
+
+
+def _broadcast_specs(
+    args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """`.map()` arguments with each spec wrapped in `unmapped`: every mapped run gets it whole.
+
+    A pydantic model is iterable (over its fields) and Prefect's map splits every
+    iterable argument, so a bare spec would be mapped over its fields. A list of
+    specs is left alone: it is mapped, one spec per run.
+    """
+    return (
+        tuple(_broadcast(value) for value in args),
+        {name: _broadcast(value) for name, value in kwargs.items()},
+    )
+
+
+def _broadcast(value: Any) -> Any:
+    if isinstance(value, Spec):
+        return unmapped(value)
+    # allow_failure(spec), quote(spec): Prefect's map looks inside to decide
+    # what to map, then wraps each run's value again.
+    if (
+        isinstance(value, BaseAnnotation)
+        and not isinstance(value, unmapped)
+        and isinstance(value.unwrap(), Spec)
+    ):
+        return value.rewrap(unmapped(value.unwrap()))
+    return value
 
 
 def _ships_arguments(how: str) -> bool:
