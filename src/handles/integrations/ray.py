@@ -28,6 +28,7 @@ import importlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -41,6 +42,7 @@ from handles.integrations._warm import checked, release, warm
 require("ray", "ray")
 
 import ray  # noqa: E402  (after the install hint)
+from ray import cloudpickle  # noqa: E402
 from ray.experimental import internal_kv  # noqa: E402
 
 __all__ = ["WorkerSpecs"]
@@ -171,14 +173,21 @@ class _Board:
 
 
 class _SetupHook:
-    """The `worker_process_setup_hook`: runs in each new worker's main thread."""
+    """The `worker_process_setup_hook`: runs in each new worker's main thread.
+
+    Ray unpickles the hook before it puts the driver's script folder and working
+    directory on the worker's path (as it does for tasks), so the specs travel as
+    bytes, opened once those folders are on the path: a kind defined next to the
+    driver's script loads here as it would in a task.
+    """
 
     __name__ = "handles_worker_setup"  # Ray names the hook by it
 
     def __init__(
         self, specs: tuple[Spec[Any], ...], token: str, prefect_logs: bool, previous: Any
     ) -> None:
-        self.specs = specs
+        self.specs: bytes = cloudpickle.dumps(specs)  # type: ignore[no-untyped-call]
+        self.paths = _driver_paths()
         self.token = token
         self.prefect_logs = prefect_logs
         self.previous = previous
@@ -186,13 +195,28 @@ class _SetupHook:
     def __call__(self) -> None:
         if self.previous is not None:
             _hook_function(self.previous)()
+        sys.path.extend(path for path in self.paths if path not in sys.path)
+        try:
+            specs = cloudpickle.loads(self.specs)
+        except Exception:
+            # Raising here would make Ray end the worker, and start another, for
+            # ever; the tasks will meet the same error where it can be seen.
+            logger.exception("this worker cannot load the specs to build; their tasks will try")
+            return
         if self.prefect_logs:
             from handles.integrations.prefect import route_registry_logs
 
             route_registry_logs()
-        life = _WorkerLife(self.specs, _Board(self.token))
+        life = _WorkerLife(specs, _Board(self.token))
         if life.join():
             life.warm()
+
+
+def _driver_paths() -> list[str]:
+    """The folders Ray adds to each worker's path for a script's driver: its own and the cwd."""
+    script = os.path.dirname(os.path.realpath(sys.argv[0])) if sys.argv and sys.argv[0] else ""
+    folders = [script] if script and script in sys.path else []
+    return [*folders, os.path.abspath(os.curdir)]
 
 
 def _hook_function(hook: Any) -> Callable[[], Any]:
