@@ -232,6 +232,7 @@ def test_explicit_evict_logs_one_line(caplog):
     spec = EchoSpec(name="evict-logged")
     spec.get()
     with caplog.at_level(logging.INFO, logger="handles"):
+        caplog.clear()  # only what evict() logs (another test may have left INFO on)
         handles.registry().evict(spec)
     assert [r.getMessage() for r in caplog.records if r.name == "handles"] == [
         f"evicted test-echo {spec.cache_key()[:12]}"
