@@ -243,3 +243,10 @@ def test_close_tears_down_newest_first(case, spec, monkeypatch):
     again = older.get()
     assert again is not None
     assert stats_of(older).builds == 2
+
+
+def test_a_spec_is_one_value_not_an_iterable_of_fields(spec):
+    # Prefect's task.map() maps over iterable arguments: a spec must be broadcast whole.
+    with pytest.raises(TypeError):
+        iter(spec)
+    assert dict(spec) == {name: getattr(spec, name) for name in type(spec).model_fields}

@@ -16,7 +16,7 @@ and close its object::
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import KeysView, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Self, TypeVar
 
@@ -147,6 +147,19 @@ class Spec(BaseModel, Generic[T]):
         if isinstance(cls.model_fields["kind"].default, str):
             _kinds.register_class(cls)
 
+    # A spec is one value. Prefect's `task.map()` maps over every iterable argument,
+    # and a pydantic model iterates its fields, so a spec would be split into
+    # (name, value) pairs: specs are not iterable. `dict(spec)`, which Prefect's
+    # traversal of task inputs relies on, still works through keys() and [].
+    __iter__ = None  # type: ignore[assignment]
+
+    def keys(self) -> KeysView[str]:
+        """The field names, so that `dict(spec)` gives {field: value} as for any model."""
+        return self.__dict__.keys()
+
+    def __getitem__(self, name: str) -> Any:
+        return self.__dict__[name]
+
     def __getattr__(self, name: str) -> Any:
         # `get` is a slot holding this instance's _Getter.get, made on first use
         # (after construction, copy or unpickling alike). See _Getter for why.
@@ -241,7 +254,7 @@ class Spec(BaseModel, Generic[T]):
             return self.fingerprint()
         except OSError as exc:
             name = str(exc.filename) if exc.filename is not None else ""
-            values = [(f, v) for f, v in self if name and isinstance(v, str) and v]
+            values = [(f, v) for f, v in self.__dict__.items() if name and isinstance(v, str) and v]
             field = next((f for f, v in values if name.startswith(v) or v.startswith(name)), "")
             reason = exc.strerror or type(exc).__name__
             raise SpecError.one(
