@@ -39,7 +39,7 @@ from _names_kind import NamesSpec  # a kind of our own, imported by name in ever
 from prefect import flow, task
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from handles.integrations.prefect import bind_to_workers, preflight
+from handles.integrations.prefect import bind_to_workers
 
 TEXTS = [
     "Ada Lovelace met Charles Babbage in London.",
@@ -51,7 +51,6 @@ PEOPLE = ["Ada Lovelace", "Charles Babbage", "Grace Hopper", "Alan Turing"]
 
 
 # --8<-- [start:map]
-@preflight  # its .map() hands every run each spec argument whole
 @task
 def people_in(names: NamesSpec, text: str) -> dict[str, Any]:
     return {"pid": os.getpid(), "people": names.get().find(text)}
@@ -59,7 +58,7 @@ def people_in(names: NamesSpec, text: str) -> dict[str, Any]:
 
 @flow
 def tag_people(names: NamesSpec, texts: list[str]) -> list[dict[str, Any]]:
-    futures = people_in.map(names, texts)  # one run per text, each with `names`
+    futures = people_in.map(names, texts)  # one run per text, each with the whole spec
     return [future.result() for future in futures]
 
 

@@ -1,7 +1,8 @@
 """Every engine, one matrix: thread pool, process pool, Dask and Ray.
 
 For each runner: `task.map(spec, items)` hands every run the spec whole, whatever
-the item count; and `bind_to_workers(runner, ...)` builds the specs once per
+the item count (the spec's field count included), on a bare task and through
+preflight; and `bind_to_workers(runner, ...)` builds the specs once per
 worker as it starts (tasks find them built) and closes them in every worker as
 it stops. Teardown is proven by marker files written by the specs' teardown
 (tests/support/markers.py) in whichever process and thread ran it.
@@ -26,7 +27,6 @@ from typing import Any
 
 import pytest
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
-from prefect.utilities.collections import isiterable
 from spec_flows import fan_out, map_over_items
 
 from handles.integrations.prefect import bind_to_workers
@@ -43,9 +43,6 @@ from support.markers import (
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 ENGINES = ["thread", "process", "dask", "ray"]
-# Until specs refuse iteration (a core change, see docs/prefect.md), Prefect maps a
-# bare task's spec argument over its fields; preflight broadcasts it already.
-SPECS_ARE_ITERABLE = isiterable(EchoSpec(name="probe"))
 
 RAY_KEEPER = """
 import sys, ray
@@ -113,7 +110,7 @@ def runner_for(engine: str, request: pytest.FixtureRequest) -> Any:
 @pytest.mark.parametrize("engine", ENGINES)
 def test_map_hands_every_run_the_whole_spec(engine, request, tmp_path):
     spec = EchoSpec(name=str(tmp_path / "shared"))
-    fields = len(EchoSpec.model_fields)  # 5: equal counts once made runs get ("kind", ...) tuples
+    fields = len(EchoSpec.model_fields)  # were specs iterable, runs would get ("kind", ...)
     others = [EchoSpec(name=str(tmp_path / f"other-{i}")) for i in range(2)]
     counts = [3, fields]
     state = map_over_items.with_options(task_runner=runner_for(engine, request))(
@@ -135,10 +132,6 @@ def test_map_hands_every_run_the_whole_spec(engine, request, tmp_path):
     assert seen(got["one spec per run"]) == [
         {"item": i, "spec": other.name} for i, other in enumerate(others)
     ]
-    if SPECS_ARE_ITERABLE:
-        # Prefect splits the spec into its fields: a length mismatch, or tuples for specs.
-        assert [seen(rows) for rows in got["plain"]] == ["MappingLengthMismatch", "AttributeError"]
-        pytest.xfail("a bare task maps a spec over its fields until Spec refuses iteration")
     assert [seen(rows) for rows in got["plain"]] == [runs(n) for n in counts]
 
 

@@ -1,10 +1,10 @@
 """How a spec goes through Prefect's own machinery: `.map()`, input traversal, hashing, results.
 
-`.map()` must hand every run the spec whole (preflight wraps it in `unmapped`;
-see test_prefect_engines.py for every task runner). Whatever makes that work must
-leave the rest alone: Prefect walks task inputs with `visit_collection` (which
-reads a pydantic model with `dict(model)`), hashes them from their JSON dump,
-and persists results; a spec must go through each unchanged.
+`.map()` must hand every run the spec whole: Prefect splits iterable arguments,
+and a spec is not iterable (test_prefect_engines.py runs it on every task runner).
+That must leave the rest alone: Prefect walks task inputs with `visit_collection`
+(which reads a pydantic model with `dict(model)`), hashes them from their JSON
+dump, and persists results; a spec must go through each unchanged.
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ import pytest
 from prefect import flow, task, unmapped
 from prefect.futures import PrefectConcurrentFuture
 from prefect.serializers import JSONSerializer
-from prefect.utilities.annotations import allow_failure, quote
+from prefect.utilities.annotations import quote
 from prefect.utilities.callables import expand_mapping_parameters
-from prefect.utilities.collections import visit_collection
+from prefect.utilities.collections import isiterable, visit_collection
 from prefect.utilities.engine import collect_task_run_inputs_sync
 from prefect.utilities.hashing import hash_objects
 
-from handles.integrations.prefect import _broadcast_specs
 from support.kinds import EchoSpec
 
 
@@ -32,31 +31,23 @@ def echo(spec: EchoSpec, item: int) -> tuple[EchoSpec, int]:
     return spec, item
 
 
-def test_map_arguments_broadcast_each_spec_and_map_lists_of_specs():
-    spec, other = EchoSpec(name="a"), EchoSpec(name="b")
-    args, kwargs = _broadcast_specs((spec, [1, 2]), {"others": [spec, other]})
-    assert isinstance(args[0], unmapped)
-    assert args[0].value is spec
-    assert args[1] == [1, 2]
-    assert kwargs == {"others": [spec, other]}  # a list of specs is mapped, one per run
-
-    (failing,) = _broadcast_specs((allow_failure(spec),), {})[0]
-    assert isinstance(failing, allow_failure)
-    assert isinstance(failing.unwrap(), unmapped)
-    (quoted,) = _broadcast_specs((quote(spec),), {})[0]
-    assert isinstance(quoted, quote)
-    assert quoted.unwrap().value is spec
-    (explicit,) = _broadcast_specs((unmapped(spec),), {})[0]
-    assert explicit.value is spec  # not wrapped twice
-
-
 @pytest.mark.parametrize("count", [3, len(EchoSpec.model_fields)])
 def test_prefects_mapping_gives_every_call_the_spec(count):
-    # The expansion behind `.map(..., deferred=True)` and every runner's map.
-    spec = EchoSpec(name="whole")
-    args, _ = _broadcast_specs((spec, list(range(count))), {})
-    calls = expand_mapping_parameters(echo, {"spec": args[0], "item": args[1]})
-    assert calls == [{"spec": spec, "item": i} for i in range(count)]
+    # The expansion behind `.map(..., deferred=True)`; every runner's map decides alike.
+    spec, other = EchoSpec(name="whole"), EchoSpec(name="other")
+    assert not isiterable(spec)
+    items = list(range(count))
+    expected = [{"spec": spec, "item": i} for i in items]
+    assert expand_mapping_parameters(echo, {"spec": spec, "item": items}) == expected
+    assert expand_mapping_parameters(echo, {"spec": unmapped(spec), "item": items}) == expected
+    assert expand_mapping_parameters(echo, {"spec": quote(spec), "item": items}) == [
+        {"spec": quote(spec), "item": i} for i in items
+    ]
+    # A list of specs is mapped: one spec per call.
+    assert expand_mapping_parameters(echo, {"spec": [spec, other], "item": [1, 2]}) == [
+        {"spec": spec, "item": 1},
+        {"spec": other, "item": 2},
+    ]
 
 
 def test_visit_collection_walks_past_a_spec_unchanged():

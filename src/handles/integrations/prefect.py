@@ -9,7 +9,7 @@
 
     @flow(task_runner=bind_to_workers(ProcessPoolTaskRunner(max_workers=2), NLP))
     def pipeline(texts: list[str]) -> None:
-        tag.map(NLP, texts)         # each run gets NLP whole, built once per worker
+        tag.map(NLP, texts)         # every run gets NLP whole; built once per worker
 
 - `SPEC_INPUTS`: a cache policy that keys a spec by its `cache_key()` (identity
   only) and every other input exactly as Prefect's INPUTS does, so moving a
@@ -19,8 +19,7 @@
   build chosen specs as they start and close them as they stop.
 - `warm_up`: a worker initializer that builds chosen specs before the first task.
 - `route_registry_logs`: the registry's build and eviction lines in the run logs.
-- `preflight`: checks a task's arguments before submission (see `.preflight`);
-  its `.map()` hands every run a spec argument whole.
+- `preflight`: checks a task's arguments before submission (see `.preflight`).
 - `AnySpec`: a flow parameter type taking any kind of spec, or its JSON as a
   deployment sends it.
 
@@ -66,7 +65,6 @@ from prefect.task_runners import (  # noqa: E402
     TaskRunner,
     ThreadPoolTaskRunner,
 )
-from prefect.utilities.annotations import BaseAnnotation, unmapped  # noqa: E402
 
 if TYPE_CHECKING:
     from prefect.context import TaskRunContext
@@ -263,8 +261,10 @@ def bind_to_workers(runner: RunnerT, *specs: Spec[Any]) -> RunnerT:
       closed there when the runner stops (`handles.integrations.ray.WorkerSpecs`).
 
     A failed build is logged and retried by the first task that needs the spec.
-    Registry lines go to the run logs everywhere. `runner` itself is unchanged;
-    the copy keeps the binding when Prefect duplicates it for each flow run.
+    Registry lines go to the run logs in worker processes (in the flow's own
+    process, call `route_registry_logs()` to have them there too). `runner`
+    itself is unchanged; the copy keeps the binding when Prefect duplicates it
+    for each flow run.
     """
     bound = checked(specs, "bind_to_workers")
     if isinstance(runner, BoundThreadPoolTaskRunner):
@@ -303,8 +303,7 @@ class BoundThreadPoolTaskRunner(ThreadPoolTaskRunner[Any]):
 
     def __enter__(self) -> Self:
         super().__enter__()
-        route_registry_logs()
-        warm(self._shared())
+        warm(self._shared())  # here, in the flow's process: no logging is changed
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -487,8 +486,6 @@ class PreflightTask:
             args = tuple(_listed(value) for value in args)
             kwargs = {name: _listed(value) for name, value in kwargs.items()}
         findings = self.check(args, kwargs, how)
-        if how == "map":
-            args, kwargs = _broadcast_specs(args, kwargs)
         if findings:
             error = PreflightError(f"task {self.task.name!r}", findings)
             if self.mode == "raise":
@@ -504,35 +501,6 @@ class PreflightTask:
 
 def _listed(value: Any) -> Any:
     return list(value) if isinstance(value, Iterator) else value
-
-
-def _broadcast_specs(
-    args: tuple[Any, ...], kwargs: Mapping[str, Any]
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """`.map()` arguments with each spec wrapped in `unmapped`: every mapped run gets it whole.
-
-    A pydantic model is iterable (over its fields) and Prefect's map splits every
-    iterable argument, so a bare spec would be mapped over its fields. A list of
-    specs is left alone: it is mapped, one spec per run.
-    """
-    return (
-        tuple(_broadcast(value) for value in args),
-        {name: _broadcast(value) for name, value in kwargs.items()},
-    )
-
-
-def _broadcast(value: Any) -> Any:
-    if isinstance(value, Spec):
-        return unmapped(value)
-    # allow_failure(spec), quote(spec): Prefect's map looks inside to decide
-    # what to map, then wraps each run's value again.
-    if (
-        isinstance(value, BaseAnnotation)
-        and not isinstance(value, unmapped)
-        and isinstance(value.unwrap(), Spec)
-    ):
-        return value.rewrap(unmapped(value.unwrap()))
-    return value
 
 
 def _ships_arguments(how: str) -> bool:
