@@ -477,10 +477,7 @@ class Registry:
     def max_entries(self, value: int | None) -> None:
         if value is not None and value < 1:
             raise ValueError("max_entries must be at least 1, or None for no bound")
-        with self._lock:
-            self._max_entries = value
-            self._evict_over_limit(keep=None)
-        self._close_ready()
+        self._rebound("_max_entries", value)
 
     @property
     def max_bytes(self) -> int | None:
@@ -496,10 +493,7 @@ class Registry:
     def max_bytes(self, value: int | None) -> None:
         if value is not None and value < 0:
             raise ValueError("max_bytes must be at least 0, or None for no budget")
-        with self._lock:
-            self._max_bytes = value
-            self._evict_over_limit(keep=None)
-        self._close_ready()
+        self._rebound("_max_bytes", value)
 
     @property
     def max_device_bytes(self) -> dict[str, int]:
@@ -512,8 +506,12 @@ class Registry:
         for device, limit in budgets.items():
             if not isinstance(limit, int) or limit < 0:
                 raise ValueError(f"max_device_bytes[{device!r}] must be a number of bytes >= 0")
+        self._rebound("_max_device_bytes", budgets)
+
+    def _rebound(self, attribute: str, value: Any) -> None:
+        # A new bound or budget applies at once.
         with self._lock:
-            self._max_device_bytes = budgets
+            setattr(self, attribute, value)
             self._evict_over_limit(keep=None)
         self._close_ready()
 

@@ -60,17 +60,8 @@ class AsyncDatabaseSpec(DatabaseSpec):
         from sqlalchemy.ext.asyncio import create_async_engine
 
         url = self._connect_url(sa)
-        size, overflow = self.pool_limits()
         try:
-            engine = create_async_engine(
-                url,
-                pool_size=size,
-                max_overflow=overflow,
-                pool_timeout=self.pool_timeout,
-                pool_recycle=-1 if self.pool_recycle is None else self.pool_recycle,
-                pool_pre_ping=self.pool_pre_ping,
-                connect_args=dict(self.connect_args),
-            )
+            engine = create_async_engine(url, **self._engine_options())
         except ImportError as exc:
             raise self._missing_driver(exc) from exc
         guard_against_fork(engine.sync_engine)

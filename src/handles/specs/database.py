@@ -230,6 +230,18 @@ class DatabaseSpec(Spec["Engine"]):
         size = min(self.pool_size, per_process)
         return size, min(self.max_overflow, per_process - size)
 
+    def _engine_options(self) -> dict[str, Any]:
+        """Pool and driver options for create_engine (sync or async alike)."""
+        size, overflow = self.pool_limits()
+        return {
+            "pool_size": size,
+            "max_overflow": overflow,
+            "pool_timeout": self.pool_timeout,
+            "pool_recycle": -1 if self.pool_recycle is None else self.pool_recycle,
+            "pool_pre_ping": self.pool_pre_ping,
+            "connect_args": dict(self.connect_args),
+        }
+
     def connections_per_process(self) -> int:
         """The most connections one process's pool opens."""
         return sum(self.pool_limits())
@@ -239,17 +251,11 @@ class DatabaseSpec(Spec["Engine"]):
     def build(self) -> Engine:
         sa = require("sqlalchemy", "sql", kind=self._name)
         url = self._connect_url(sa)
-        size, overflow = self.pool_limits()
         try:
             engine: Engine = sa.create_engine(
                 url,
                 poolclass=sa.pool.QueuePool,  # the budget needs a bounded pool
-                pool_size=size,
-                max_overflow=overflow,
-                pool_timeout=self.pool_timeout,
-                pool_recycle=-1 if self.pool_recycle is None else self.pool_recycle,
-                pool_pre_ping=self.pool_pre_ping,
-                connect_args=dict(self.connect_args),
+                **self._engine_options(),
             )
         except ImportError as exc:
             raise self._missing_driver(exc) from exc
