@@ -6,6 +6,7 @@ Blocks that include a file (`--8<--`) come from examples/, which run on their ow
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import sys
 import types
@@ -13,11 +14,18 @@ from pathlib import Path
 
 import pytest
 
+from handles._kinds import BUILTIN
 from support.scripts import run_script
 
 ROOT = Path(__file__).resolve().parent.parent
+
 DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", *sorted(DOCS.glob("**/*.md"))]
+_HOOKS = importlib.util.spec_from_file_location("mkdocs_hooks", ROOT / "mkdocs_hooks.py")
+assert _HOOKS is not None
+assert _HOOKS.loader is not None
+mkdocs_hooks = importlib.util.module_from_spec(_HOOKS)  # loaded from its file, as mkdocs does
+_HOOKS.loader.exec_module(mkdocs_hooks)
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
@@ -69,6 +77,8 @@ def test_reference_has_one_heading_per_public_name():
     import handles
 
     reference = (DOCS / "reference.md").read_text(encoding="utf-8")
+    assert mkdocs_hooks.MARKER in reference, "the built-in kinds' entries come from the table"
+    reference = mkdocs_hooks.on_page_markdown(reference)
     documented = re.findall(r"^::: handles\.(\w+)$", reference, re.MULTILINE)
     assert sorted(set(documented)) == sorted(documented), "a name documented twice"
     assert set(handles.__all__) <= set(documented)
@@ -81,5 +91,13 @@ def test_reference_has_one_heading_per_public_name():
 def test_every_page_is_in_the_site_and_the_command_line_is_linked():
     config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     pages = {page_id(p) for p in PAGES if p.is_relative_to(DOCS)}
-    assert {p for p in pages if f": {p}" not in config} == set()
+    in_nav = {path for entry in mkdocs_hooks.kinds_nav() for path in entry.values()}
+    assert {p for p in pages if f": {p}" not in config and p not in in_nav} == set()
+    assert f"{mkdocs_hooks.SECTION}: []" in config, "kinds' pages come from the table"
+
+
+def test_every_builtin_kind_has_its_page():
+    for name, info in BUILTIN.items():
+        assert info.page is not None, f"{name} has no docs page in the table of kinds"
+        assert (DOCS / "kinds" / info.page).is_file(), f"{name}: docs/kinds/{info.page} is missing"
     assert "(docs/cli.md)" in (ROOT / "README.md").read_text(encoding="utf-8")

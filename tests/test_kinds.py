@@ -194,3 +194,50 @@ def test_kind_info_says_what_is_needed():
     assert kinds["spacy"].needs() == 'pip install "handle-specs[spacy]"'
     assert kinds["sqlite"].extra is None
     assert kinds["sqlite"].needs().startswith("standard library only")
+
+
+def test_an_internal_class_cannot_be_registered_into_json():
+    register_kind("test-internal", "handles.specs.sqlite:_SqliteMemoryKeeper", clobber=True)
+    with pytest.raises(SpecError, match="an internal class"):
+        handles.spec_from_json('{"kind": "test-internal", "name": "x"}')
+
+
+@pytest.mark.parametrize(
+    ("source", "error", "message"),
+    [
+        # A package that is not installed: the kind's extra says what to install.
+        ("import handles_test_absent\n", MissingDependencyError, "handles_test_absent"),
+        # Installed but broken (a name it lacks): that error as it is, not an install hint.
+        ("from json import no_such_name\n", ImportError, "no_such_name"),
+    ],
+    ids=["missing-package", "broken-module"],
+)
+def test_only_a_missing_package_is_a_missing_dependency(
+    source, error, message, tmp_path, monkeypatch
+):
+    module = f"handles_test_kind_{error.__name__.lower()}"
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    register_kind("test-import-failure", f"{module}:ThingSpec", extra="thing", clobber=True)
+    with pytest.raises(ImportError, match=message) as info:
+        handles.load_kind("test-import-failure")
+    assert type(info.value) is error
+    if error is MissingDependencyError:
+        assert 'pip install "handle-specs[thing]"' in str(info.value)
+        assert str(info.value).startswith("ThingSpec needs")
+
+
+def test_the_table_of_builtin_kinds_is_what_loads():
+    from handles._kinds import BUILTIN
+    from handles.integrations.preflight import LIVE_TYPES
+
+    for name, info in BUILTIN.items():
+        cls = handles.load_kind(name)
+        assert (cls.__module__, cls.__name__) == (info.module, info.class_name)
+        assert getattr(handles, info.class_name) is cls  # exported, lazily
+        assert handles.known_kinds()[name] == info
+        for type_name in info.live_types:
+            assert LIVE_TYPES[type_name][1] == info.example()
+    async_engine = LIVE_TYPES["sqlalchemy.ext.asyncio.engine.AsyncEngine"]
+    assert async_engine[1] == "AsyncDatabaseSpec(url=...)"
+    assert LIVE_TYPES["sqlite3.Connection"][1] == "SqliteSpec(path=...)"

@@ -48,7 +48,8 @@ def test_build_error_names_kind_and_spec_and_chains_cause(tmp_path):
     spec = EchoSpec(name="boom", fail_if_exists=str(tmp_path))
     with pytest.raises(BuildError) as info:
         spec.get()
-    assert info.value.kind == "test-echo"
+    assert info.value.kind == "EchoSpec"  # as messages name it; the kind name is .spec.kind
+    assert info.value.spec.kind == "test-echo"
     assert "EchoSpec(" in str(info.value)
     assert "OSError: refusing to build" in str(info.value)
     assert isinstance(info.value.__cause__, OSError)

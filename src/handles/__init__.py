@@ -8,9 +8,11 @@ Importing handles imports no optional package (torch, spaCy, transformers,
 SQLAlchemy, fsspec, Prefect, Dask): each kind imports what it needs in build().
 """
 
-from typing import TYPE_CHECKING
+from importlib import import_module as _import_module
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from handles._fields import Identity, Placement
+from handles._kinds import BUILTIN as _BUILTIN_KINDS
 from handles._kinds import known_kinds, load_kind, register_kind, spec_from_json
 from handles._optional import require
 from handles._registry import KeyStats, Registry, override, registry
@@ -21,10 +23,11 @@ from handles.exceptions import (
     HandlesError,
     LockTimeout,
     MissingDependencyError,
+    PreflightError,
     SpecError,
 )
 
-if TYPE_CHECKING:  # what the lazy exports below resolve to, for type checkers
+if _TYPE_CHECKING:  # what the lazy exports resolve to, for type checkers (tested against the table)
     from handles.specs.async_database import AsyncDatabaseSpec
     from handles.specs.database import DatabaseSpec
     from handles.specs.file import FileSpec
@@ -37,25 +40,16 @@ __version__ = "0.1.0"
 
 # Spec kinds are exported lazily: `from handles import SqliteSpec` imports only
 # that kind's module, and no kind module imports its heavy packages at import time.
-_LAZY = {
-    "model_factory": "handles.specs.torch",
-    "AsyncDatabaseSpec": "handles.specs.async_database",
-    "DatabaseSpec": "handles.specs.database",
-    "FileSpec": "handles.specs.file",
-    "HFPipelineSpec": "handles.specs.hf",
-    "SpacySpec": "handles.specs.spacy",
-    "SqliteSpec": "handles.specs.sqlite",
-    "TorchModelSpec": "handles.specs.torch",
-}
+# The names come from the table of built-in kinds (handles._kinds.BUILTIN).
+_LAZY = {info.class_name: info.module for info in _BUILTIN_KINDS.values()}
+_LAZY["model_factory"] = "handles.specs.torch"
 
 
 def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'handles' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(_import_module(module), name)
     globals()[name] = value
     return value
 
@@ -76,6 +70,7 @@ __all__ = [
     "LockTimeout",
     "MissingDependencyError",
     "Placement",
+    "PreflightError",
     "Registry",
     "Scope",
     "SecretRef",

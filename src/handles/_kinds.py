@@ -18,14 +18,16 @@ name an arbitrary module to import. Two rules keep that table honest:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import threading
+import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from handles.exceptions import DISTRIBUTION, MissingDependencyError, SpecError
 
@@ -45,6 +47,24 @@ class KindInfo:
     """The handle-specs extra that installs its packages (`pip install "handle-specs[extra]"`)."""
     note: str | None = None
     """What it needs, said in words, where no extra says it."""
+    usage: str = "..."
+    """The fields to show in a hint: "path=..." reads as `SqliteSpec(path=...)`."""
+    live_types: Mapping[str, str] = field(default_factory=dict)
+    """Live objects this kind replaces: "module.Class" (as in the type's MRO) -> words."""
+    page: str | None = None
+    """Its page under docs/kinds/, for the docs' navigation and reference."""
+
+    @property
+    def class_name(self) -> str:
+        return self.target.rpartition(":")[2]
+
+    @property
+    def module(self) -> str:
+        return self.target.partition(":")[0]
+
+    def example(self) -> str:
+        """How a user writes a spec of this kind, for hints: `SqliteSpec(path=...)`."""
+        return f"{self.class_name}({self.usage})"
 
     def needs(self) -> str:
         """One line for people: the install command, the note, or "" when nothing is needed."""
@@ -53,22 +73,74 @@ class KindInfo:
         return self.note or ""
 
 
-_BUILTIN: dict[str, KindInfo] = {
-    "sqlite": KindInfo(
-        "handles.specs.sqlite:SqliteSpec",
-        note=f'standard library only; .engine() needs pip install "{DISTRIBUTION}[sql]"',
-    ),
-    "database": KindInfo("handles.specs.database:DatabaseSpec", "sql"),
-    "async-database": KindInfo("handles.specs.async_database:AsyncDatabaseSpec", "sql"),
-    "file": KindInfo("handles.specs.file:FileSpec", "file"),
-    "torch": KindInfo("handles.specs.torch:TorchModelSpec", "torch"),
-    "spacy": KindInfo("handles.specs.spacy:SpacySpec", "spacy"),
-    "hf-pipeline": KindInfo("handles.specs.hf:HFPipelineSpec", "hf"),
-}
-_known: dict[str, KindInfo] = dict(_BUILTIN)
+# The built-in kinds: the one place a built-in kind is listed. Lazy exports of
+# `handles`, install hints, preflight's hints for live objects, the docs'
+# navigation and reference, and the check that every kind has a contract case
+# are derived from this table (tests/test_public_api.py keeps the static
+# re-exports type checkers read in step with it).
+BUILTIN: Mapping[str, KindInfo] = MappingProxyType(
+    {
+        "sqlite": KindInfo(
+            "handles.specs.sqlite:SqliteSpec",
+            note=f'standard library only; .engine() needs pip install "{DISTRIBUTION}[sql]"',
+            usage="path=...",
+            live_types={
+                "sqlite3.Connection": "a sqlite3 connection",
+                "sqlite3.Cursor": "a sqlite3 cursor",
+            },
+            page="sqlite.md",
+        ),
+        "database": KindInfo(
+            "handles.specs.database:DatabaseSpec",
+            "sql",
+            usage="url=...",
+            live_types={
+                "sqlalchemy.engine.base.Engine": "a SQLAlchemy Engine",
+                "sqlalchemy.engine.base.Connection": "a SQLAlchemy Connection",
+                "sqlalchemy.orm.session.Session": "a SQLAlchemy Session",
+            },
+            page="database.md",
+        ),
+        "async-database": KindInfo(
+            "handles.specs.async_database:AsyncDatabaseSpec",
+            "sql",
+            usage="url=...",
+            live_types={
+                "sqlalchemy.ext.asyncio.engine.AsyncEngine": "a SQLAlchemy AsyncEngine",
+                "sqlalchemy.ext.asyncio.session.AsyncSession": "a SQLAlchemy AsyncSession",
+            },
+            page="async-database.md",
+        ),
+        "file": KindInfo(
+            "handles.specs.file:FileSpec",
+            "file",
+            live_types={"io.IOBase": "an open file"},
+            page="file.md",
+        ),
+        "torch": KindInfo(
+            "handles.specs.torch:TorchModelSpec",
+            "torch",
+            live_types={"torch.nn.modules.module.Module": "a torch module"},
+            page="torch.md",
+        ),
+        "spacy": KindInfo(
+            "handles.specs.spacy:SpacySpec",
+            "spacy",
+            live_types={"spacy.language.Language": "a spaCy pipeline"},
+            page="spacy.md",
+        ),
+        "hf-pipeline": KindInfo(
+            "handles.specs.hf:HFPipelineSpec",
+            "hf",
+            live_types={"transformers.pipelines.base.Pipeline": "a transformers pipeline"},
+            page="hf.md",
+        ),
+    }
+)
+_known: dict[str, KindInfo] = dict(BUILTIN)
 _classes: dict[str, type[Spec[Any]]] = {}
 _lock = threading.Lock()
-_entry_points_loaded = False
+_spec_classes: weakref.WeakSet[type] = weakref.WeakSet()
 
 
 def known_kinds() -> Mapping[str, KindInfo]:
@@ -87,7 +159,7 @@ def register_kind(
     """Make kind `name` loadable from "module:Class" (imported lazily, on first use)."""
     if ":" not in target:
         raise ValueError(f"kind target must look like 'package.module:Class', got {target!r}")
-    builtin = _BUILTIN.get(name)
+    builtin = BUILTIN.get(name)
     if builtin is not None:
         if builtin.target != target:
             raise ValueError(f"kind {name!r} is built in ({builtin.target}); choose another name")
@@ -103,9 +175,12 @@ def register_kind(
 
 
 def register_class(cls: type[Spec[Any]]) -> None:
-    """Called for every concrete Spec subclass as it is defined."""
+    """Called for every Spec subclass as it is defined; those naming a kind become known."""
+    _spec_classes.add(cls)
     name = cls.model_fields["kind"].default
-    builtin = _BUILTIN.get(name)
+    if not isinstance(name, str):
+        return  # a base for kinds, not a kind
+    builtin = BUILTIN.get(name)
     if builtin is not None and builtin.target != _target(cls):
         raise TypeError(
             f"spec kind {name!r} is built in ({builtin.target}); "
@@ -138,26 +213,30 @@ def load_kind(name: str) -> type[Spec[Any]]:
     module_name, _, class_name = info.target.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        if info.extra is None:
+    except ModuleNotFoundError as exc:
+        # Only a module that is not installed is a missing dependency; any other
+        # ImportError (a name a module lacks, a broken binary) is a bug to see as is.
+        if info.extra is None or exc.name is None:
             raise
-        raise MissingDependencyError(exc.name or module_name, info.extra, kind=name) from exc
+        raise MissingDependencyError(exc.name, info.extra, kind=info.class_name) from exc
     return _checked(name, info.target, getattr(module, class_name, None))
 
 
 def _checked(name: str, target: str, loaded: Any) -> type[Spec[Any]]:
     """`loaded` if it is a public Spec class whose kind is `name`; else a SpecError."""
-    from handles._spec import Spec
-
-    if not (isinstance(loaded, type) and issubclass(loaded, Spec)):
-        problem = "not found" if loaded is None else f"a {type(loaded).__name__}, not a Spec class"
-        raise SpecError.one("Spec", "kind", f"kind {name!r} names {target}: {problem}")
-    declared = loaded.model_fields["kind"].default
-    if declared != name or loaded.__name__.startswith("_"):
-        raise SpecError.one(
-            "Spec", "kind", f"kind {name!r} names {target}, whose kind is {declared!r}"
-        )
-    return loaded
+    # Importing a module defines its classes, and every Spec class defined
+    # registers itself (register_class): no import of the Spec base needed here.
+    if loaded is None:
+        problem = "not found"
+    elif loaded not in _spec_classes:
+        problem = f"a {type(loaded).__name__}, not a Spec class"
+    elif loaded.__name__.startswith("_"):
+        problem = "an internal class (its name starts with '_'), never loaded by name"
+    elif _classes.get(name) is not loaded:
+        problem = f"a spec class whose kind is {loaded.model_fields['kind'].default!r}"
+    else:
+        return cast("type[Spec[Any]]", loaded)
+    raise SpecError.one("Spec", "kind", f"kind {name!r} names {target}: {problem}")
 
 
 def _target(cls: type) -> str:
@@ -183,12 +262,9 @@ def spec_from_json(data: str | bytes | Mapping[str, Any]) -> Spec[Any]:
         raise SpecError.one("Spec", "", "nested too deeply to be a spec") from None
 
 
+@functools.cache  # once per process: installed distributions do not change under us
 def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
     found = entry_points(group=ENTRY_POINT_GROUP)
     with _lock:
         for ep in found:
             _known.setdefault(ep.name, KindInfo(ep.value))
-        _entry_points_loaded = True

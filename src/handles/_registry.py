@@ -365,7 +365,7 @@ class Registry:
         if pending.thread == threading.get_ident():
             raise BuildError(
                 f"{spec!r} asked for itself while being built (a build that calls its own get())",
-                kind=spec.kind,
+                kind=type(spec).__name__,
                 spec=spec,
             )
         pending.done.wait()
@@ -747,7 +747,7 @@ class Registry:
             raise BuildError(
                 f"{spec!r} is bound to an event loop: call `await spec.aget()` inside a "
                 "coroutine (no event loop runs in this thread)",
-                kind=spec.kind,
+                kind=type(spec).__name__,
                 spec=spec,
             )
         loop_record = self._loops.get(loop)
@@ -756,7 +756,7 @@ class Registry:
             raise BuildError(
                 f"{spec!r} has no object in this event loop yet: its build is asynchronous, "
                 "so call `await spec.aget()` (later `get()` calls in this loop then work)",
-                kind=spec.kind,
+                kind=type(spec).__name__,
                 spec=spec,
             )
         value = entry.value

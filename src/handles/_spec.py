@@ -144,8 +144,7 @@ class Spec(BaseModel, Generic[T]):
         cls.identity_fields, cls.placement_fields = split_roles(
             {n: f for n, f in cls.model_fields.items() if n != "kind"}
         )
-        if isinstance(cls.model_fields["kind"].default, str):
-            _kinds.register_class(cls)
+        _kinds.register_class(cls)
 
     # A spec is one value. Prefect's `task.map()` maps over every iterable argument,
     # and a pydantic model iterates its fields, so a spec would be split into

@@ -4,11 +4,14 @@
     ├── SpecError (also ValueError)             a spec's configuration is invalid
     ├── BuildError                              building the live object failed
     ├── MissingDependencyError (also ImportError)  an optional package is not installed
-    └── LockTimeout (also TimeoutError)         a lock was not free within its bound
+    ├── LockTimeout (also TimeoutError)         a lock was not free within its bound
+    └── PreflightError (also TypeError)         task inputs a runner cannot send or hash
 
 Every message names the spec kind (and the field where there is one), so a
 failure inside a worker process can be traced back to the configuration that
-caused it without reading a dependency's traceback.
+caused it without reading a dependency's traceback. On every error `.kind` is
+that name as messages show it: the spec's class name ("SqliteSpec"); the kind's
+registered name is `.spec.kind` where the error carries the spec.
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
-__all__ = ["BuildError", "HandlesError", "LockTimeout", "MissingDependencyError", "SpecError"]
+__all__ = [
+    "BuildError",
+    "HandlesError",
+    "LockTimeout",
+    "MissingDependencyError",
+    "PreflightError",
+    "SpecError",
+]
 
 # The name on the package index (`handles` there is an unrelated project); the
 # import name is `handles`. Install hints name its extras: "handle-specs[sql]".
@@ -41,9 +51,7 @@ class SpecError(HandlesError, ValueError):
         self.kind = kind
         self.problems = list(problems)
         lines = [f"{kind}.{field}: {msg}" if field else f"{kind}: {msg}" for field, msg in problems]
-        super().__init__(
-            "\n".join(lines) if len(lines) == 1 else "\n  ".join(["", *lines]).lstrip()
-        )
+        super().__init__("\n  ".join(lines))
 
     @classmethod
     def one(cls, kind: str, field: str, message: str) -> SpecError:
@@ -83,7 +91,7 @@ class BuildError(HandlesError):
         detail = str(cause).strip() or type(cause).__name__
         if not detail.startswith(type(cause).__name__):
             detail = f"{type(cause).__name__}: {detail}"
-        return cls(f"could not build {spec!r}: {detail}", kind=spec.kind, spec=spec)
+        return cls(f"could not build {spec!r}: {detail}", kind=type(spec).__name__, spec=spec)
 
     def again(self) -> BuildError:
         """A fresh copy for another waiter, so threads never share one traceback."""
@@ -128,3 +136,19 @@ class LockTimeout(HandlesError, TimeoutError):
         super().__init__(message)
         self.kind = kind
         self.holder_pid = holder_pid
+
+
+class PreflightError(HandlesError, TypeError):
+    """Task inputs that the runner cannot send or Prefect cannot hash. `findings` lists each.
+
+    Raised by `handles.integrations.prefect.preflight`; each finding
+    (`handles.integrations.preflight.Finding`) names the path to the offending object.
+    """
+
+    def __init__(self, label: str, findings: Sequence[Any]) -> None:
+        self.label = label
+        self.findings = list(findings)
+        lines = "\n  ".join(str(f) for f in self.findings)
+        count = len(self.findings)
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(f"{label}: {count} {noun} in its inputs:\n  {lines}")

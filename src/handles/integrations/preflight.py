@@ -28,9 +28,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from handles._kinds import BUILTIN
 from handles._optional import require
 from handles._spec import Spec
-from handles.exceptions import HandlesError
+from handles.exceptions import PreflightError
 
 __all__ = ["Finding", "PreflightError", "check_inputs", "check_value"]
 
@@ -54,26 +55,14 @@ ITERATOR_REASON = (
 ITERATOR_HINT = "pass a list instead, or leave this argument out of the cache key"
 
 # Live resources that have a spec: "module.Class" anywhere in the type's MRO ->
-# (what it is, the spec to pass instead). Matched by name, so checking an
-# argument never imports torch, spaCy, transformers or SQLAlchemy.
-LIVE_TYPES: dict[str, tuple[str, str]] = {
-    "sqlite3.Connection": ("a sqlite3 connection", "SqliteSpec(path=...)"),
-    "sqlite3.Cursor": ("a sqlite3 cursor", "SqliteSpec(path=...)"),
-    "sqlalchemy.engine.base.Engine": ("a SQLAlchemy Engine", "DatabaseSpec(url=...)"),
-    "sqlalchemy.engine.base.Connection": ("a SQLAlchemy Connection", "DatabaseSpec(url=...)"),
-    "sqlalchemy.ext.asyncio.engine.AsyncEngine": (
-        "a SQLAlchemy AsyncEngine",
-        "DatabaseSpec(url=...)",
-    ),
-    "sqlalchemy.orm.session.Session": ("a SQLAlchemy Session", "DatabaseSpec(url=...)"),
-    "spacy.language.Language": ("a spaCy pipeline", "SpacySpec(...)"),
-    "transformers.pipelines.base.Pipeline": (
-        "a transformers pipeline",
-        "HFPipelineSpec(...)",
-    ),
-    "torch.nn.modules.module.Module": ("a torch module", "TorchModelSpec(...)"),
+# (what it is, the spec to pass instead), from the table of built-in kinds.
+# Matched by name, so checking an argument never imports torch, spaCy,
+# transformers or SQLAlchemy.
+LIVE_TYPES: Mapping[str, tuple[str, str]] = {
+    type_name: (words, info.example())
+    for info in BUILTIN.values()
+    for type_name, words in info.live_types.items()
 }
-FILE_HINT = ("an open file", "FileSpec(...)")
 
 
 @dataclass(frozen=True)
@@ -93,18 +82,6 @@ class Finding:
     def __str__(self) -> str:
         text = f"{self.path}: {self.type_name} {self.reason}"
         return f"{text}; {self.suggestion}" if self.suggestion else text
-
-
-class PreflightError(HandlesError, TypeError):
-    """Task inputs that the runner cannot send or Prefect cannot hash. `findings` lists each."""
-
-    def __init__(self, label: str, findings: list[Finding]) -> None:
-        self.label = label
-        self.findings = list(findings)
-        lines = "\n  ".join(str(f) for f in self.findings)
-        count = len(self.findings)
-        noun = "problem" if count == 1 else "problems"
-        super().__init__(f"{label}: {count} {noun} in its inputs:\n  {lines}")
 
 
 def check_inputs(
@@ -419,8 +396,8 @@ def _attribute_parts(name: str, value: Any, path: str) -> Iterator[tuple[str, An
 
 
 def _live_hint(obj: Any) -> tuple[str, str] | None:
-    if isinstance(obj, io.IOBase):
-        return FILE_HINT
+    if isinstance(obj, io.IOBase):  # an ABC: open files do not have it in their MRO
+        return LIVE_TYPES.get("io.IOBase")
     for klass in type(obj).__mro__:
         hint = LIVE_TYPES.get(f"{klass.__module__}.{klass.__qualname__}")
         if hint is not None:
