@@ -21,6 +21,9 @@ from typing import Any, NoReturn
 from handles._kinds import known_kinds, load_kind, spec_from_json
 from handles.exceptions import HandlesError
 
+# The CLI sits on top of everything, so it may reach into the integrations.
+from handles.integrations.preflight import check_inputs
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -136,9 +139,6 @@ def _check(args: argparse.Namespace) -> int:
     except (ImportError, AttributeError) as exc:
         raise HandlesError(f"cannot load {args.target}: {exc}") from None
     call_args, call_kwargs = _as_call(function())
-    # The CLI sits on top of everything, so it may reach into the integrations.
-    from handles.integrations.preflight import check_inputs
-
     problems = check_inputs(call_args, call_kwargs)
     for problem in problems:
         print(problem)

@@ -223,7 +223,7 @@ def test_ray_worker_specs_without_prefect(ray_address, tmp_path):
 
 
 def test_the_binding_survives_prefects_duplicate_and_leaves_the_runner_alone(tmp_path):
-    from handles.integrations.prefect import _ProcessWorkerLife
+    from handles.integrations._prefect_workers import _ProcessWorkerLife
 
     spec = MarkerSpec(folder=str(tmp_path), name="kept")
     threads = ThreadPoolTaskRunner(max_workers=3)

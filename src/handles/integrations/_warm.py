@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from handles._registry import registry
 from handles._spec import Spec
 from handles.exceptions import HandlesError
 
@@ -55,8 +56,6 @@ def release(specs: Sequence[Spec[Any]]) -> int:
     docs/registry.md). Returns how many were live. Never raises: a failing
     teardown is logged by the registry.
     """
-    from handles import registry
-
     released = 0
     for spec in reversed(specs):
         try:

@@ -55,7 +55,8 @@ class SpecWarmUp(WorkerPlugin):
 
     def setup(self, worker: Worker) -> None:
         if self.prefect_logs:
-            from handles.integrations.prefect import route_registry_logs
+            # Only with Prefect, which this integration does not need otherwise.
+            from handles.integrations.prefect import route_registry_logs  # noqa: PLC0415
 
             route_registry_logs()
         warm(self.specs)

@@ -204,7 +204,8 @@ class _SetupHook:
             logger.exception("this worker cannot load the specs to build; their tasks will try")
             return
         if self.prefect_logs:
-            from handles.integrations.prefect import route_registry_logs
+            # Only with Prefect, which this integration does not need otherwise.
+            from handles.integrations.prefect import route_registry_logs  # noqa: PLC0415
 
             route_registry_logs()
         life = _WorkerLife(specs, _Board(self.token))

@@ -1,0 +1,167 @@
+"""Worker life under Prefect's task runners: specs built as workers start, closed as they stop."""
+
+from __future__ import annotations
+
+import atexit
+import sys
+from collections.abc import Callable
+from typing import Any, Self, TypeVar, cast
+
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+
+from handles._spec import Spec
+from handles.integrations._prefect_logs import route_registry_logs
+from handles.integrations._warm import checked, release, warm
+
+__all__ = ["BoundThreadPoolTaskRunner", "bind_to_workers", "warm_up"]
+
+
+def warm_up(*specs: Spec[Any]) -> None:
+    """Build `specs` in this worker before its first task, and route registry logs.
+
+    A worker initializer: `ProcessPoolTaskRunner(initializer=warm_up, initargs=(a, b))`.
+    Process pool tasks run in the worker's main thread, the same thread as the
+    initializer, so thread-scoped specs are warmed for them too. A failed build
+    is logged and retried by the first task that needs it. `bind_to_workers`
+    also closes them when the worker stops.
+    """
+    route_registry_logs()
+    warm(specs)
+
+
+RunnerT = TypeVar("RunnerT", bound=TaskRunner[Any])
+
+
+def bind_to_workers(runner: RunnerT, *specs: Spec[Any]) -> RunnerT:
+    """A copy of `runner` that builds `specs` as each worker starts and closes them as it stops.
+
+        @flow(task_runner=bind_to_workers(ProcessPoolTaskRunner(max_workers=2), NLP, DB))
+
+    - ThreadPoolTaskRunner: process-scoped specs are built once, in the flow's
+      process, when the runner starts, and closed when it stops. Thread-scoped
+      ones are built by each pool thread on first use and closed as the pool's
+      threads end, when the runner stops.
+    - ProcessPoolTaskRunner: every spec is built in each worker's main thread,
+      where its tasks run (after your own initializer, if any), and closed when
+      the worker exits.
+    - DaskTaskRunner, on a cluster it creates: process-scoped specs are built as
+      each worker starts and closed as it closes (the `SpecWarmUp` plugin);
+      thread-scoped ones by each executor thread on first use. On a cluster of
+      your own, register `SpecWarmUp` with the client instead.
+    - RayTaskRunner, when it calls `ray.init`: every spec is built by Ray's
+      worker setup hook in each worker's main thread, where its tasks run, and
+      closed there when the runner stops (`handles.integrations.ray.WorkerSpecs`).
+
+    A failed build is logged and retried by the first task that needs the spec.
+    Registry lines go to the run logs in worker processes (in the flow's own
+    process, call `route_registry_logs()` to have them there too). `runner`
+    itself is unchanged; the copy keeps the binding when Prefect duplicates it
+    for each flow run.
+    """
+    bound = checked(specs, "bind_to_workers")
+    if isinstance(runner, BoundThreadPoolTaskRunner):
+        return cast(RunnerT, runner.duplicate().bound_to((*runner.specs, *bound)))
+    if type(runner) is ThreadPoolTaskRunner:
+        # Prefect keeps the pool size private; its own duplicate() reads it too.
+        fresh = BoundThreadPoolTaskRunner(max_workers=cast(Any, runner)._max_workers)
+        return cast(RunnerT, fresh.bound_to(bound))
+    if isinstance(runner, ProcessPoolTaskRunner):
+        return cast(RunnerT, _bind_process_pool(runner, bound))
+    dask = sys.modules.get("prefect_dask.task_runners")
+    if dask is not None and isinstance(runner, dask.DaskTaskRunner):
+        return cast(RunnerT, _bind_dask(runner, bound))
+    ray = sys.modules.get("prefect_ray.task_runners")
+    if ray is not None and isinstance(runner, ray.RayTaskRunner):
+        from handles.integrations._prefect_ray import bind_ray  # noqa: PLC0415  (prefect-ray)
+
+        return cast(RunnerT, bind_ray(runner, bound))
+    raise TypeError(
+        "bind_to_workers takes Prefect's ThreadPoolTaskRunner, ProcessPoolTaskRunner, "
+        f"DaskTaskRunner or RayTaskRunner; got {type(runner).__name__}"
+    )
+
+
+class BoundThreadPoolTaskRunner(ThreadPoolTaskRunner[Any]):
+    """A ThreadPoolTaskRunner from `bind_to_workers`: its specs live as long as it runs."""
+
+    specs: tuple[Spec[Any], ...] = ()
+
+    def bound_to(self, specs: tuple[Spec[Any], ...]) -> BoundThreadPoolTaskRunner:
+        self.specs = specs
+        return self
+
+    def duplicate(self) -> BoundThreadPoolTaskRunner:
+        return cast(BoundThreadPoolTaskRunner, super().duplicate()).bound_to(self.specs)
+
+    def __enter__(self) -> Self:
+        super().__enter__()
+        warm(self._shared())  # here, in the flow's process: no logging is changed
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            super().__exit__(*exc_info)  # waits for the pool's threads to end
+        finally:
+            release(self._shared())
+
+    def _shared(self) -> list[Spec[Any]]:
+        # Thread-scoped objects belong to the pool's threads, which build and
+        # close their own: one built here would serve no task.
+        return [spec for spec in self.specs if spec.scope == "process"]
+
+
+def _bind_process_pool(runner: Any, specs: tuple[Spec[Any], ...]) -> Any:
+    bound = runner.duplicate()
+    # The worker initializer and its arguments: Prefect keeps them private, and
+    # its duplicate() carries them to every flow run's copy of the runner.
+    bound._initializer = _ProcessWorkerLife(
+        specs, getattr(runner, "_initializer", None), getattr(runner, "_initargs", ())
+    )
+    bound._initargs = ()
+    return bound
+
+
+class _ProcessWorkerLife:
+    """A process-pool worker initializer: your initializer, then the specs, closed at exit.
+
+    Pickled into every worker by name (spawn), with the specs and your initializer.
+    """
+
+    def __init__(
+        self,
+        specs: tuple[Spec[Any], ...],
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None:
+        self.specs = specs
+        self.initializer = initializer
+        self.initargs = tuple(initargs)
+
+    def __call__(self) -> None:
+        if self.initializer is not None:
+            self.initializer(*self.initargs)
+        route_registry_logs()
+        warm(self.specs)
+        # Tasks ran in this (main) thread, which also runs exit handlers: its
+        # thread-scoped objects close here too. Registered after handles' own
+        # handler, so it runs first.
+        atexit.register(release, self.specs)
+
+
+def _bind_dask(runner: Any, specs: tuple[Spec[Any], ...]) -> Any:
+    from handles.integrations.dask import SpecWarmUp  # noqa: PLC0415  (prefect-dask)
+
+    if runner.address or getattr(runner, "_cluster", None) is not None:
+        raise ValueError(
+            "bind_to_workers(DaskTaskRunner(...)) adds a worker plugin to the cluster the "
+            "runner creates; on a cluster of your own, register it with the client: "
+            "client.register_plugin(SpecWarmUp(...))"
+        )
+    bound = runner.duplicate()
+    shared = [spec for spec in specs if spec.scope == "process"]
+    if shared:
+        plugin = SpecWarmUp(*shared, prefect_logs=True)
+        plugins = bound.cluster_kwargs.get("plugins") or set()
+        added = [*plugins, plugin] if isinstance(plugins, list | tuple) else {*plugins, plugin}
+        bound.cluster_kwargs = {**bound.cluster_kwargs, "plugins": added}
+    return bound
