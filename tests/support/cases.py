@@ -32,6 +32,21 @@ class KindCase:
     # worker imports the module that registers their torch factories).
     setup_modules: tuple[str, ...] = ()
 
+    def identity(self, spec: Spec[Any]) -> dict[str, Any]:
+        """The identity variant as the field changes handles.testing takes."""
+        return changes(spec, self.identity_variant(spec))
+
+    def placement(self, spec: Spec[Any]) -> dict[str, Any] | None:
+        """The placement variant as field changes; None for a kind without placement."""
+        if self.placement_variant is None:
+            return None
+        return changes(spec, self.placement_variant(spec))
+
+
+def changes(spec: Spec[Any], variant: Spec[Any]) -> dict[str, Any]:
+    """{field: value} of `variant` wherever it differs from `spec`."""
+    return {name: value for name, value in dict(variant).items() if value != spec[name]}
+
 
 def all_cases() -> list[KindCase]:
     cases: list[KindCase] = []
