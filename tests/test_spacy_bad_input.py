@@ -3,141 +3,119 @@
 Shape problems are SpecErrors at construction. Problems only the model can
 reveal are SpecErrors from `cache_key()` (and so from the first `get()`) when the
 meta cannot be read, or BuildErrors from the first `get()` when loading fails.
+The table has the shape every kind shares (tests/support/bad_input.py); failures
+whose cause is not a SpecError (spaCy's own) are tests of their own below.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import handles
-from handles import BuildError, SpacySpec, SpecError
+from handles import BuildError, SpacySpec
+from support.bad_input import Bad, check, params
 from support.tiny_spacy import save_tiny_pipeline
 
 pytest.importorskip("spacy", reason="the spaCy kind needs spaCy (handles[spacy])")
 
 
-def assert_nothing_cached() -> None:
-    # Each test starts with an empty registry (conftest), so anything live is ours.
-    assert len(handles.registry()) == 0
-
-
-# -- at construction ----------------------------------------------------------------
-
-CONSTRUCTION = [
-    pytest.param({}, "path", "needs name=", id="neither-name-nor-path"),
-    pytest.param({"name": "en_core_web_sm", "path": "x"}, "path", "not both", id="both"),
-    pytest.param({"name": "en-core-web-sm"}, "name", "'en_core_web_sm'", id="dashed-name"),
-    pytest.param({"name": "models/ner"}, "name", "use path=", id="path-as-name"),
-    pytest.param({"name": "en_core_web_sm.v3"}, "name", "importable", id="dotted-name"),
-    pytest.param({"path": ""}, "path", "empty", id="empty-path"),
-    pytest.param({"path": "p", "disable": ["ner", " "]}, "disable", "empty", id="blank-component"),
-    pytest.param(
-        {"path": "p", "disable": ["ner"], "exclude": "ner"},
-        "exclude",
-        "also in disable",
-        id="disabled-and-excluded",
-    ),
-    pytest.param({"path": "p", "batch_size": 0}, "batch_size", "greater than", id="batch-size-0"),
-    pytest.param({"path": "p", "disable": "ner", "exlude": ["x"]}, "exlude", "", id="typo-field"),
-    pytest.param({"path": "p", "disable": 3}, "disable", "", id="disable-not-a-list"),
-]
-
-
-@pytest.mark.parametrize(("data", "field", "fragment"), CONSTRUCTION)
-def test_bad_shape_is_a_spec_error_at_construction(data: dict[str, Any], field, fragment):
-    with pytest.raises(SpecError) as info:
-        SpacySpec(**data)
-    message = str(info.value)
-    assert f"SpacySpec.{field}" in message
-    assert fragment in message
-    assert info.value.kind == "SpacySpec"
-    assert_nothing_cached()
-
-
-def test_bad_json_is_a_spec_error():
-    with pytest.raises(SpecError, match=r"SpacySpec\.name"):
-        handles.spec_from_json(json.dumps({"kind": "spacy", "name": 42}))
-
-
-# -- when the key is computed (meta.json) --------------------------------------------
-
-
-def _empty_dir(tmp: Path) -> dict[str, Any]:
+def _empty_dir(tmp: Path) -> SpacySpec:
     (tmp / "empty").mkdir()
-    return {"path": str(tmp / "empty")}
+    return SpacySpec(path=str(tmp / "empty"))
 
 
-def _a_file(tmp: Path) -> dict[str, Any]:
+def _a_file(tmp: Path) -> SpacySpec:
     (tmp / "model.bin").write_bytes(b"\0")
-    return {"path": str(tmp / "model.bin")}
+    return SpacySpec(path=str(tmp / "model.bin"))
 
 
-def _corrupt_meta(tmp: Path) -> dict[str, Any]:
+def _corrupt_meta(tmp: Path) -> SpacySpec:
     path = save_tiny_pipeline(tmp / "p")
     (path / "meta.json").write_text("{not json", encoding="utf-8")
-    return {"path": str(path)}
+    return SpacySpec(path=str(path))
 
 
-def _meta_without_version(tmp: Path) -> dict[str, Any]:
+def _meta_without_version(tmp: Path) -> SpacySpec:
     path = save_tiny_pipeline(tmp / "p")
     meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
     del meta["version"]
     (path / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
-    return {"path": str(path)}
+    return SpacySpec(path=str(path))
 
 
-KEY_TIME = [
-    pytest.param(
-        lambda tmp: {"name": "en_core_web_handles_nonexistent"},
-        "name",
-        "no spaCy pipeline package",
-        id="unknown-package",
-    ),
-    pytest.param(lambda tmp: {"name": "json"}, "name", "no meta.json", id="package-not-a-pipeline"),
-    pytest.param(lambda tmp: {"name": "this"}, "name", "not a spaCy pipeline", id="plain-module"),
-    pytest.param(lambda tmp: {"path": str(tmp / "nope")}, "path", "does not exist", id="no-dir"),
-    pytest.param(_empty_dir, "path", "not a spaCy pipeline", id="dir-not-a-pipeline"),
-    pytest.param(_a_file, "path", "is a file", id="path-is-a-file"),
-    pytest.param(_corrupt_meta, "path", "cannot read", id="corrupt-meta"),
-    pytest.param(_meta_without_version, "path", "version", id="meta-without-version"),
-]
-
-
-@pytest.mark.parametrize(("make", "field", "fragment"), KEY_TIME)
-def test_missing_or_unreadable_model_is_a_spec_error_at_first_use(tmp_path, make, field, fragment):
-    spec = SpacySpec(**make(tmp_path))  # the shape is fine: no filesystem at construction
-    with pytest.raises(SpecError) as info:
-        spec.cache_key()
-    assert f"SpacySpec.{field}" in str(info.value)
-    assert fragment in str(info.value)
-    with pytest.raises(SpecError, match=rf"SpacySpec\.{field}"):
-        spec.get()
-    # (`spec in registry()` needs the key, which is exactly what cannot be computed.)
-    assert_nothing_cached()
-
-
-# -- at build -------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("field", ["disable", "exclude"])
-def test_unknown_component_is_a_build_error_naming_the_field(tmp_path, field):
+def _unknown_component(field: str):
     # spaCy itself ignores unknown names, which would quietly run a component
     # the user meant to switch off.
-    path = save_tiny_pipeline(tmp_path / "p")
-    spec = SpacySpec(path=str(path), **{field: ["sentencizer", "nerr"]})
-    with pytest.raises(BuildError) as info:
-        spec.get()
-    message = str(info.value)
-    assert f"SpacySpec.{field}" in message
-    assert "'nerr'" in message
-    assert "entity_ruler" in message, "lists the components there are"
-    assert isinstance(info.value.__cause__, SpecError)
-    assert spec not in handles.registry()
-    assert handles.registry().stats()[spec.cache_key()].errors == 1
+    def make(tmp: Path) -> SpacySpec:
+        path = save_tiny_pipeline(tmp / "p")
+        return SpacySpec(path=str(path), **{field: ["sentencizer", "nerr"]})
+
+    return make
+
+
+# The message names the unknown component and lists the components there are.
+LISTED = "no component 'nerr'; its components are sentencizer, entity_ruler, merge_entities"
+
+CASES = [
+    # -- at construction: the spec's shape ------------------------------------------
+    Bad("neither-name-nor-path", SpacySpec, lambda t: SpacySpec(),
+        "path", "construct", "needs name="),
+    Bad("both", SpacySpec, lambda t: SpacySpec(name="en_core_web_sm", path="x"),
+        "path", "construct", "not both"),
+    Bad("dashed-name", SpacySpec, lambda t: SpacySpec(name="en-core-web-sm"),
+        "name", "construct", "'en_core_web_sm'"),
+    Bad("path-as-name", SpacySpec, lambda t: SpacySpec(name="models/ner"),
+        "name", "construct", "use path="),
+    Bad("dotted-name", SpacySpec, lambda t: SpacySpec(name="en_core_web_sm.v3"),
+        "name", "construct", "importable"),
+    Bad("empty-path", SpacySpec, lambda t: SpacySpec(path=""), "path", "construct", "empty"),
+    Bad("blank-component", SpacySpec, lambda t: SpacySpec(path="p", disable=["ner", " "]),
+        "disable", "construct", "empty"),
+    Bad("disabled-and-excluded", SpacySpec,
+        lambda t: SpacySpec(path="p", disable=["ner"], exclude="ner"),
+        "exclude", "construct", "also in disable"),
+    Bad("batch-size-0", SpacySpec, lambda t: SpacySpec(path="p", batch_size=0),
+        "batch_size", "construct", "greater than"),
+    Bad("typo-field", SpacySpec, lambda t: SpacySpec(path="p", disable="ner", exlude=["x"]),
+        "exlude", "construct"),
+    Bad("disable-not-a-list", SpacySpec, lambda t: SpacySpec(path="p", disable=3),
+        "disable", "construct"),
+    Bad("bad-json", SpacySpec,
+        lambda t: handles.spec_from_json(json.dumps({"kind": "spacy", "name": 42})),
+        "name", "construct"),
+    # -- when the key is computed (meta.json) -----------------------------------------
+    Bad("unknown-package", SpacySpec,
+        lambda t: SpacySpec(name="en_core_web_handles_nonexistent"),
+        "name", "key", "no spaCy pipeline package"),
+    Bad("package-not-a-pipeline", SpacySpec, lambda t: SpacySpec(name="json"),
+        "name", "key", "no meta.json"),
+    Bad("plain-module", SpacySpec, lambda t: SpacySpec(name="this"),
+        "name", "key", "not a spaCy pipeline"),
+    Bad("no-dir", SpacySpec, lambda t: SpacySpec(path=str(t / "nope")),
+        "path", "key", "does not exist"),
+    Bad("dir-not-a-pipeline", SpacySpec, _empty_dir, "path", "key", "not a spaCy pipeline"),
+    Bad("path-is-a-file", SpacySpec, _a_file, "path", "key", "is a file"),
+    Bad("corrupt-meta", SpacySpec, _corrupt_meta, "path", "key", "cannot read"),
+    Bad("meta-without-version", SpacySpec, _meta_without_version, "path", "key", "version"),
+    # -- at build: checked against the pipeline's meta ------------------------------------
+    Bad("unknown-disabled-component", SpacySpec, _unknown_component("disable"),
+        "disable", "build", LISTED),
+    Bad("unknown-excluded-component", SpacySpec, _unknown_component("exclude"),
+        "exclude", "build", LISTED),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", params(CASES))
+def test_malformed_spacy_spec(case: Bad, tmp_path: Path) -> None:
+    # "key" cases: the shape is fine, so construction reads no file; `cache_key()`
+    # and so the first `get()` fail before any build.
+    check(case, tmp_path)
+
+
+# -- at build, with spaCy's own errors as the cause ---------------------------------
 
 
 def test_pipeline_that_spacy_cannot_load_is_a_build_error_then_recovers(tmp_path):
@@ -148,7 +126,9 @@ def test_pipeline_that_spacy_cannot_load_is_a_build_error_then_recovers(tmp_path
     with pytest.raises(BuildError) as info:
         spec.get()
     assert "SpacySpec(" in str(info.value)
-    assert info.value.kind == "spacy"
+    assert info.value.kind == "SpacySpec"  # as messages name it
+    assert info.value.spec is not None
+    assert info.value.spec.kind == "spacy"
     assert info.value.__cause__ is not None
     assert spec not in handles.registry()
 
