@@ -1,4 +1,4 @@
-"""Devices, dtypes and path fields shared by the model kinds (torch, hf-pipeline).
+"""Devices, dtypes, GPU slots and memory shared by the model kinds (torch, hf-pipeline).
 
 Device strings
     "auto"    CUDA when `torch.cuda.is_available()`, else CPU.
@@ -30,6 +30,7 @@ every other process that maps the same file.
 
 from __future__ import annotations
 
+import ctypes
 import difflib
 import os
 import re
@@ -37,9 +38,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
-
-from pydantic import BeforeValidator
+from typing import TYPE_CHECKING, Any
 
 from handles import _fork
 from handles.exceptions import SpecError
@@ -52,7 +51,6 @@ __all__ = [
     "module_nbytes",
     "return_freed_memory",
     "tensors_nbytes",
-    "PathStr",
     "check_device",
     "check_dtype",
     "claim_slot",
@@ -81,14 +79,6 @@ _MAX_SLOTS = 4096
 # -- validation at construction (no torch import) -----------------------------
 
 
-def _fspath(value: Any) -> Any:
-    return os.fspath(value) if isinstance(value, os.PathLike) else value
-
-
-PathStr = Annotated[str, BeforeValidator(_fspath)]
-"""A str field that also takes pathlib paths (stored, dumped and keyed as the string)."""
-
-
 def check_device(value: str) -> str:
     """Field validator: one of auto, cpu, cuda, cuda:N, mps."""
     if not _DEVICE.fullmatch(value):
@@ -114,21 +104,24 @@ def check_dtype(value: str | None, *, extra: tuple[str, ...] = ()) -> str | None
 # -- resolution at build ------------------------------------------------------
 
 
-def resolve_device(value: str, kind: str, field: str = "device") -> torch.device:
-    """The torch.device for a validated device string, checked against this machine."""
-    import torch
+def resolve_device(value: str, label: str, field: str = "device") -> torch.device:
+    """The torch.device for a validated device string, checked against this machine.
+
+    `label` names the spec class in errors ("TorchModelSpec.device: ...").
+    """
+    import torch  # noqa: PLC0415  (torch)
 
     if value == "cpu":
         return torch.device("cpu")
     if value == "mps":
         if not torch.backends.mps.is_available():
-            raise SpecError.one(kind, field, "'mps' requested but this machine has no MPS device")
+            raise SpecError.one(label, field, "'mps' requested but this machine has no MPS device")
         return torch.device("mps")
     if not torch.cuda.is_available():
         if value == "auto":
             return torch.device("cpu")
         raise SpecError.one(
-            kind, field, f"{value!r} requested but no CUDA device is available on this machine"
+            label, field, f"{value!r} requested but no CUDA device is available on this machine"
         )
     count = torch.cuda.device_count()
     if value in ("auto", "cuda"):
@@ -136,7 +129,7 @@ def resolve_device(value: str, kind: str, field: str = "device") -> torch.device
     index = int(value.partition(":")[2])
     if index >= count:
         raise SpecError.one(
-            kind,
+            label,
             field,
             f"{value!r} requested but this machine has {count} CUDA device(s) "
             f"(cuda:0 to cuda:{count - 1})",
@@ -146,7 +139,7 @@ def resolve_device(value: str, kind: str, field: str = "device") -> torch.device
 
 def to_torch_dtype(name: str) -> torch.dtype:
     """torch.float16 for 'float16' (names were validated at construction)."""
-    import torch
+    import torch  # noqa: PLC0415  (torch)
 
     dtype: torch.dtype = getattr(torch, name)
     return dtype
@@ -167,7 +160,7 @@ def claim_slot(folder: Path) -> tuple[int, int | None]:
     no file is held.
     """
     try:
-        import fcntl
+        import fcntl  # noqa: PLC0415  (not on Windows)
     except ImportError:  # pragma: no cover - Windows
         return os.getpid(), None
     try:
@@ -284,8 +277,6 @@ def return_freed_memory() -> None:
     """
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
-
     try:
         trim = ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):  # musl and others: no malloc_trim

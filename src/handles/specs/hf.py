@@ -43,7 +43,6 @@ from handles._spec import Spec
 from handles._trust import FROM_JSON
 from handles.exceptions import SpecError
 from handles.specs._device import (
-    PathStr,
     check_device,
     check_dtype,
     module_nbytes,
@@ -51,13 +50,12 @@ from handles.specs._device import (
     resolve_device,
     to_torch_dtype,
 )
+from handles.specs._paths import PathStr, looks_local
 
 if TYPE_CHECKING:
     from transformers import Pipeline
 
 __all__ = ["HFPipelineSpec", "dir_fingerprint", "file_digest"]
-
-KIND = "HFPipelineSpec"
 
 # pipeline() arguments the spec owns as fields (or refuses), never via pipeline_kwargs.
 _OWN_ARGUMENTS = {
@@ -161,13 +159,14 @@ class HFPipelineSpec(Spec["Pipeline"]):
     # -- build and close ------------------------------------------------------
 
     def build(self) -> Pipeline:
-        transformers = require("transformers", "hf", kind=KIND)
-        require("torch", "hf", kind=KIND)
-        _check_task(transformers, self.task)
-        _check_local(self.model, "model", need_config=True)
+        label = type(self).__name__
+        transformers = require("transformers", "hf", kind=label)
+        require("torch", "hf", kind=label)
+        _check_task(transformers, self.task, label)
+        _check_local(self.model, label, "model", need_config=True)
         if self.tokenizer is not None:
-            _check_local(self.tokenizer, "tokenizer", need_config=False)
-        device = resolve_device(self.device, KIND)
+            _check_local(self.tokenizer, label, "tokenizer", need_config=False)
+        device = resolve_device(self.device, label)
         dtype = self.dtype if self.dtype == "auto" else to_torch_dtype(self.dtype)
         pipe: Pipeline = transformers.pipeline(
             task=self.task,
@@ -207,34 +206,33 @@ def _nested_items(
     return found
 
 
-def _check_task(transformers: ModuleType, task: str) -> None:
+def _check_task(transformers: ModuleType, task: str, label: str) -> None:
     try:
         transformers.pipelines.check_task(task)
     except KeyError:
         known = ", ".join(sorted(transformers.pipelines.get_supported_tasks()))
         raise SpecError.one(
-            KIND,
+            label,
             "task",
             f"unknown task {task!r} for transformers {transformers.__version__}; "
             f"known tasks: {known}",
         ) from None
 
 
-def _check_local(value: str, field: str, *, need_config: bool) -> None:
+def _check_local(value: str, label: str, field: str, *, need_config: bool) -> None:
     """A value that names a local path must be a usable directory (hub ids pass)."""
-    path = Path(value).expanduser()
-    looks_local = path.is_absolute() or value.startswith((".", "~")) or path.exists()
-    if not looks_local:
+    if not looks_local(value):
         return
+    path = Path(value).expanduser()
     if not path.exists():
-        raise SpecError.one(KIND, field, f"no such directory: {value}")
+        raise SpecError.one(label, field, f"no such directory: {value}")
     if not path.is_dir():
         raise SpecError.one(
-            KIND, field, f"{value} is a file; give the directory save_pretrained wrote"
+            label, field, f"{value} is a file; give the directory save_pretrained wrote"
         )
     if need_config and not (path / "config.json").is_file():
         raise SpecError.one(
-            KIND, field, f"{value} has no config.json: not a directory written by save_pretrained"
+            label, field, f"{value} has no config.json: not a directory written by save_pretrained"
         )
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import threading
 from dataclasses import dataclass
@@ -39,13 +38,14 @@ from handles._fields import Identity, Placement
 from handles._optional import require
 from handles._spec import Spec
 from handles.exceptions import MissingDependencyError, SpecError
+from handles.specs._device import module_nbytes
+from handles.specs._paths import PathStr
 
 if TYPE_CHECKING:
     from spacy.language import Language
 
 __all__ = ["PipelineMeta", "SpacySpec"]
 
-KIND = "SpacySpec"
 # spaCy pipeline packages are top-level importable modules: en_core_web_sm.
 _PACKAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -74,7 +74,7 @@ class SpacySpec(Spec["Language"]):
 
     name: Annotated[str | None, Identity] = None
     """An installed pipeline package, as `spacy.load` takes it: "en_core_web_sm"."""
-    path: Annotated[str | None, Identity] = None
+    path: Annotated[PathStr | None, Identity] = None
     """A directory written by `nlp.to_disk` (relative paths resolve in the worker)."""
     disable: Annotated[tuple[str, ...], Identity] = ()
     """Components loaded but not run (they can be re-enabled with `nlp.enable_pipe`)."""
@@ -102,11 +102,6 @@ class SpacySpec(Spec["Language"]):
                 "spaCy pipelines load by their module name, such as 'en_core_web_sm'"
             )
         return value
-
-    @field_validator("path", mode="before")
-    @classmethod
-    def _path_to_str(cls, value: Any) -> Any:
-        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @field_validator("path")
     @classmethod
@@ -152,15 +147,16 @@ class SpacySpec(Spec["Language"]):
 
     def meta(self) -> PipelineMeta:
         """The pipeline's meta, read cheaply (no spaCy import) and cached per file."""
+        label = type(self).__name__
         if self.name is not None:
-            return _read_meta(_package_dir(self.name) / "meta.json", "name")
+            return _read_meta(_package_dir(self.name, label) / "meta.json", "name", label)
         assert self.path is not None  # the validators guarantee one of the two
-        return _read_meta(_pipeline_dir(self.path) / "meta.json", "path")
+        return _read_meta(_pipeline_dir(self.path, label) / "meta.json", "path", label)
 
     # -- the live object ----------------------------------------------------------
 
     def build(self) -> Language:
-        spacy = require("spacy", "spacy", kind=KIND)
+        spacy = require("spacy", "spacy", kind=type(self).__name__)
         self._check_components(self.meta())
         # spaCy adds `disable` to the pipeline's own disabled list (en_core_web_sm
         # ships with senter disabled), so an empty one changes nothing.
@@ -197,7 +193,7 @@ class SpacySpec(Spec["Language"]):
             unknown = [c for c in getattr(self, field) if c not in meta.components]
             if unknown:
                 raise SpecError.one(
-                    KIND,
+                    type(self).__name__,
                     field,
                     f"{meta.title} has no component {', '.join(map(repr, unknown))}; "
                     f"its components are {', '.join(meta.components)}",
@@ -215,8 +211,6 @@ def _pipeline_nbytes(nlp: Any) -> dict[str, int]:
         device = _array_device(array)
         sizes[device] = sizes.get(device, 0) + int(getattr(array, "nbytes", 0))
     if torch_modules:
-        from handles.specs._device import module_nbytes
-
         for inner in torch_modules.values():
             for device, size in module_nbytes(inner).items():
                 sizes[device] = sizes.get(device, 0) + size
@@ -258,20 +252,23 @@ _package_dirs: dict[str, Path] = {}
 _cache_lock = threading.Lock()
 
 
-def _package_dir(name: str) -> Path:
-    """The installed package's directory, found without importing it (or spaCy)."""
+def _package_dir(name: str, label: str) -> Path:
+    """The installed package's directory, found without importing it (or spaCy).
+
+    `label` names the spec class in errors, as do the other readers' below.
+    """
     cached = _package_dirs.get(name)
     if cached is not None:
         return cached
     try:
         found = importlib.util.find_spec(name)
     except (ImportError, ValueError) as exc:
-        raise SpecError.one(KIND, "name", f"cannot look up package {name!r}: {exc}") from None
+        raise SpecError.one(label, "name", f"cannot look up package {name!r}: {exc}") from None
     if found is None:
         if importlib.util.find_spec("spacy") is None:
-            raise MissingDependencyError("spacy", "spacy", kind=KIND)
+            raise MissingDependencyError("spacy", "spacy", kind=label)
         raise SpecError.one(
-            KIND,
+            label,
             "name",
             f"no spaCy pipeline package {name!r} is installed in this environment "
             f"(pip install it, or use path= for a saved pipeline)",
@@ -279,7 +276,7 @@ def _package_dir(name: str) -> Path:
     locations = list(found.submodule_search_locations or [])
     if not locations:
         raise SpecError.one(
-            KIND, "name", f"{name!r} is a module, not a spaCy pipeline package (no meta.json)"
+            label, "name", f"{name!r} is a module, not a spaCy pipeline package (no meta.json)"
         )
     directory = Path(locations[0])
     # Failures are not cached: the package may be installed later in this process.
@@ -288,16 +285,16 @@ def _package_dir(name: str) -> Path:
     return directory
 
 
-def _pipeline_dir(path: str) -> Path:
+def _pipeline_dir(path: str, label: str) -> Path:
     directory = Path(path)
     if not directory.exists():
-        raise SpecError.one(KIND, "path", f"{path!r} does not exist")
+        raise SpecError.one(label, "path", f"{path!r} does not exist")
     if not directory.is_dir():
-        raise SpecError.one(KIND, "path", f"{path!r} is a file, not a pipeline directory")
+        raise SpecError.one(label, "path", f"{path!r} is a file, not a pipeline directory")
     return directory
 
 
-def _read_meta(meta_file: Path, field: str) -> PipelineMeta:
+def _read_meta(meta_file: Path, field: str, label: str) -> PipelineMeta:
     """Parse `meta_file`, reusing the last parse while its stat is unchanged."""
     try:
         stat = meta_file.stat()
@@ -308,30 +305,30 @@ def _read_meta(meta_file: Path, field: str) -> PipelineMeta:
             else "a pipeline directory is written by nlp.to_disk"
         )
         raise SpecError.one(
-            KIND, field, f"{meta_file.parent} is not a spaCy pipeline: no meta.json ({hint})"
+            label, field, f"{meta_file.parent} is not a spaCy pipeline: no meta.json ({hint})"
         ) from None
     signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
     key = str(meta_file.resolve())
     cached = _meta_cache.get(key)
     if cached is not None and cached[0] == signature:
         return cached[1]
-    meta = _parse_meta(meta_file, field)
+    meta = _parse_meta(meta_file, field, label)
     with _cache_lock:
         _meta_cache[key] = (signature, meta)
     return meta
 
 
-def _parse_meta(meta_file: Path, field: str) -> PipelineMeta:
+def _parse_meta(meta_file: Path, field: str, label: str) -> PipelineMeta:
     try:
         data = json.loads(meta_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise SpecError.one(KIND, field, f"cannot read {meta_file}: {exc}") from None
+        raise SpecError.one(label, field, f"cannot read {meta_file}: {exc}") from None
     if not isinstance(data, dict):
-        raise SpecError.one(KIND, field, f"{meta_file} is not a JSON object")
+        raise SpecError.one(label, field, f"{meta_file} is not a JSON object")
     missing = [k for k in ("lang", "name", "version") if not isinstance(data.get(k), str)]
     if missing:
         raise SpecError.one(
-            KIND, field, f"{meta_file} lacks the pipeline's {', '.join(missing)} (strings)"
+            label, field, f"{meta_file} lacks the pipeline's {', '.join(missing)} (strings)"
         )
     components = data.get("components")
     return PipelineMeta(

@@ -66,7 +66,6 @@ from handles._spec import Spec
 from handles._trust import ALLOW_PICKLE_WEIGHTS, FROM_JSON, pickle_weights_allowed
 from handles.exceptions import SpecError
 from handles.specs._device import (
-    PathStr,
     check_device,
     check_dtype,
     module_nbytes,
@@ -75,13 +74,13 @@ from handles.specs._device import (
     return_freed_memory,
     to_torch_dtype,
 )
+from handles.specs._paths import PathStr
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["TorchModelSpec", "model_factory", "registered_factories"]
 
-KIND = "TorchModelSpec"
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Suffixes of torch.save/pickle checkpoints: refused at construction without the opt-in.
@@ -201,26 +200,29 @@ class TorchModelSpec(Spec["torch.nn.Module"]):
 
     @model_validator(mode="after")
     def _fields_agree(self) -> TorchModelSpec:
+        label = type(self).__name__
         if (self.factory is None) == (self.archive is None):
             blamed = "factory" if self.factory is None else "archive"
             raise _field_error(
-                blamed, "give exactly one of factory= (with kwargs/weights) or archive="
+                label, blamed, "give exactly one of factory= (with kwargs/weights) or archive="
             )
         if self.archive is not None:
             for name in ("weights", "kwargs"):
                 if getattr(self, name):
-                    raise _field_error(name, f"{name}= goes with factory=, not with archive=")
+                    raise _field_error(
+                        label, name, f"{name}= goes with factory=, not with archive="
+                    )
         if self.factory is not None:
             try:
                 _check_kwargs_fit(self.factory, self.kwargs)
             except ValueError as exc:
-                raise _field_error("kwargs", str(exc)) from None
+                raise _field_error(label, "kwargs", str(exc)) from None
         if (
             self.weights is not None
             and self.weights.lower().endswith(_PICKLE_SUFFIXES)
             and not self.allow_pickle_weights
         ):
-            raise _field_error("weights", _pickle_refused(self.weights))
+            raise _field_error(label, "weights", _pickle_refused(self.weights))
         return self
 
     def _untrusted_problems(self) -> list[tuple[str, str]]:
@@ -238,10 +240,11 @@ class TorchModelSpec(Spec["torch.nn.Module"]):
     # -- build and close ------------------------------------------------------
 
     def build(self) -> torch.nn.Module:
-        require("torch", "torch", kind=KIND)  # the install hint, if torch is missing
-        device = resolve_device(self.device, KIND)
+        label = type(self).__name__
+        require("torch", "torch", kind=label)  # the install hint, if torch is missing
+        device = resolve_device(self.device, label)
         if self.archive is not None:
-            module = _load_archive(Path(self.archive), device)
+            module = _load_archive(Path(self.archive), device, label)
         else:
             module = self._from_factory()
         if self.dtype is not None:
@@ -263,29 +266,30 @@ class TorchModelSpec(Spec["torch.nn.Module"]):
         return module_nbytes(value)
 
     def _from_factory(self) -> torch.nn.Module:
-        import torch  # present: build() required it
+        import torch  # noqa: PLC0415  (torch; present: build() required it)
 
         assert self.factory is not None
+        label = type(self).__name__
         try:
             fn = _factory(self.factory)  # again: an unpickled spec skipped validation
             _check_kwargs_fit(self.factory, self.kwargs)
         except ValueError as exc:
             field = "kwargs" if self.factory in _factories else "factory"
-            raise SpecError.one(KIND, field, str(exc)) from None
+            raise SpecError.one(label, field, str(exc)) from None
         module = fn(**self.kwargs)
         if not isinstance(module, torch.nn.Module):
             raise SpecError.one(
-                KIND,
+                label,
                 "factory",
                 f"factory {self.factory!r} returned {type(module).__name__}, not a torch.nn.Module",
             )
         if self.weights is not None:
-            state = _read_state_dict(Path(self.weights), self.allow_pickle_weights)
+            state = _read_state_dict(Path(self.weights), self.allow_pickle_weights, label)
             try:
                 _load_weights(module, state, strict=self.strict)
             except RuntimeError as exc:
                 raise SpecError.one(
-                    KIND,
+                    label,
                     "weights",
                     f"{self.weights} does not fit the module from factory "
                     f"{self.factory!r}: {_first_problems(exc)}",
@@ -294,7 +298,7 @@ class TorchModelSpec(Spec["torch.nn.Module"]):
         return module
 
 
-def _field_error(field: str, message: str) -> ValidationError:
+def _field_error(label: str, field: str, message: str) -> ValidationError:
     # A check across fields that blames one of them: pydantic keeps the location
     # of a ValidationError raised in a model validator, so SpecError names the field.
     detail = InitErrorDetails(
@@ -302,7 +306,7 @@ def _field_error(field: str, message: str) -> ValidationError:
         loc=(field,),
         input=None,
     )
-    return ValidationError.from_exception_data(KIND, [detail])
+    return ValidationError.from_exception_data(label, [detail])
 
 
 # -- reading files ------------------------------------------------------------
@@ -320,41 +324,42 @@ def _sniff(path: Path) -> str:
     return "unknown"
 
 
-def _read_state_dict(path: Path, allow_pickle: bool) -> Mapping[str, Any]:
-    import torch
+def _read_state_dict(path: Path, allow_pickle: bool, label: str) -> Mapping[str, Any]:
+    """The state dict in `path`; errors name `label`'s weights field."""
+    import torch  # noqa: PLC0415  (torch)
 
     if not path.is_file():
-        raise SpecError.one(KIND, "weights", f"no such file: {path}")
+        raise SpecError.one(label, "weights", f"no such file: {path}")
     fmt = _sniff(path)
     if fmt == "safetensors":
-        safetensors = require("safetensors", "torch", kind=KIND)
+        safetensors = require("safetensors", "torch", kind=label)
         try:
             with safetensors.safe_open(str(path), framework="pt") as checked:  # validates
                 names = list(checked.keys())
             return _map_safetensors(path, names)
         except Exception as exc:
             raise SpecError.one(
-                KIND, "weights", f"{path} is not a readable safetensors file: {exc}"
+                label, "weights", f"{path} is not a readable safetensors file: {exc}"
             ) from exc
     if fmt == "pickle":
         if not allow_pickle:
-            raise SpecError.one(KIND, "weights", _pickle_refused(str(path)))
+            raise SpecError.one(label, "weights", _pickle_refused(str(path)))
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise SpecError.one(
-                KIND,
+                label,
                 "weights",
                 f"torch.load(weights_only=True) refused {path}: it holds more than tensors "
                 f"({type(exc).__name__})",
             ) from exc
         if not isinstance(loaded, Mapping):
             raise SpecError.one(
-                KIND, "weights", f"{path} holds a {type(loaded).__name__}, not a state dict"
+                label, "weights", f"{path} holds a {type(loaded).__name__}, not a state dict"
             )
         return loaded
     raise SpecError.one(
-        KIND, "weights", f"{path} is neither a safetensors file nor a torch.save checkpoint"
+        label, "weights", f"{path} is neither a safetensors file nor a torch.save checkpoint"
     )
 
 
@@ -383,7 +388,7 @@ def _map_safetensors(path: Path, names: list[str]) -> dict[str, torch.Tensor]:
     cannot be a view (a dtype unknown here, misaligned data, a big-endian
     machine) is read by safetensors instead, as a private copy.
     """
-    import torch
+    import torch  # noqa: PLC0415  (torch)
 
     with path.open("rb") as f:
         size = int.from_bytes(f.read(8), "little")
@@ -410,7 +415,7 @@ def _map_safetensors(path: Path, names: list[str]) -> dict[str, torch.Tensor]:
 
 
 def _read_one(path: Path, name: str) -> torch.Tensor:
-    from safetensors import safe_open
+    from safetensors import safe_open  # noqa: PLC0415  (safetensors)
 
     with safe_open(str(path), framework="pt") as f:
         tensor: torch.Tensor = f.get_tensor(name).clone()
@@ -463,11 +468,12 @@ def _set_at(module: torch.nn.Module, name: str, tensor: Any) -> None:
     setattr(module.get_submodule(owner), attr, tensor)
 
 
-def _load_archive(path: Path, device: torch.device) -> torch.nn.Module:
-    import torch
+def _load_archive(path: Path, device: torch.device, label: str) -> torch.nn.Module:
+    """The module in a TorchScript or torch.export archive; errors name `label`'s archive field."""
+    import torch  # noqa: PLC0415  (torch)
 
     if not path.is_file():
-        raise SpecError.one(KIND, "archive", f"no such file: {path}")
+        raise SpecError.one(label, "archive", f"no such file: {path}")
     names = _zip_names(path)
     if any(n.rpartition("/")[2] == "archive_format" for n in names):
         return torch.export.load(str(path)).module()
@@ -482,7 +488,7 @@ def _load_archive(path: Path, device: torch.device) -> torch.nn.Module:
         else ""
     )
     raise SpecError.one(
-        KIND, "archive", f"{path} is not a TorchScript or torch.export archive{hint}"
+        label, "archive", f"{path} is not a TorchScript or torch.export archive{hint}"
     )
 
 
