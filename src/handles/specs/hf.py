@@ -5,6 +5,11 @@
 
 `model` (and `tokenizer`) is a local directory written by `save_pretrained`, or a
 hub id that transformers resolves (from the local cache when `HF_HUB_OFFLINE=1`).
+A value that names a local path (absolute, starting with `.` or `~`, or existing
+where the spec is validated: the test transformers makes) follows the path rule
+of every kind (`handles.specs._paths`): it is stored absolute and normalized, so
+one folder named from two working directories is one key, and a worker with
+another working directory loads the same model. Hub ids are kept as given.
 `trust_remote_code` stays off unless the spec sets it, and a spec read from JSON
 can never set it (it runs Python from the model folder): see docs/security.md.
 
@@ -50,7 +55,7 @@ from handles.specs._device import (
     resolve_device,
     to_torch_dtype,
 )
-from handles.specs._paths import PathStr, looks_local
+from handles.specs._paths import PathStr, absolute, looks_local
 
 if TYPE_CHECKING:
     from transformers import Pipeline
@@ -80,12 +85,15 @@ class HFPipelineSpec(Spec["Pipeline"]):
     """A `transformers.pipeline(task, model, ...)`; `get()` returns the live Pipeline."""
 
     kind: Literal["hf-pipeline"] = "hf-pipeline"
+    # 2: local `model` and `tokenizer` directories are stored absolute and normalized
+    # (resolved where validated, not in the worker).
+    schema_version = 2
 
     task: Annotated[str, Identity]
     model: Annotated[PathStr, Identity]
-    """A directory written by save_pretrained, or a hub id."""
+    """A directory written by save_pretrained (stored absolute), or a hub id (kept as given)."""
     tokenizer: Annotated[PathStr | None, Identity] = None
-    """Defaults to the model's own tokenizer."""
+    """A directory or hub id, like `model`; defaults to the model's own tokenizer."""
     revision: Annotated[str | None, Identity] = None
     """Hub revision (pin a commit hash for exact identity); ignored for directories."""
     dtype: Annotated[str, Identity] = "auto"
@@ -100,6 +108,14 @@ class HFPipelineSpec(Spec["Pipeline"]):
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
+        return value
+
+    @field_validator("model", "tokenizer")
+    @classmethod
+    def _local_path_is_absolute(cls, value: str | None) -> str | None:
+        # The path rule for a local directory; a hub id ("org/model") stays as given.
+        if value is not None and looks_local(value):
+            return absolute(value)
         return value
 
     @field_validator("dtype")

@@ -4,6 +4,11 @@
     nlp = spec.get()                        # spacy.load(...) on first use in this process
     SpacySpec(path="models/ner-v3")         # a pipeline saved with nlp.to_disk
 
+A `path` follows the path rule of every kind (`handles.specs._paths`): it is made
+absolute and normalized where the spec is validated, so the same directory named
+from two working directories is one key, and a worker with another working
+directory loads the same pipeline.
+
 The pipeline's own name and version (from its meta.json) are part of the cache
 key, so installing a new version of a model moves the key. They are read in
 `fingerprint()`, not in a validator:
@@ -39,7 +44,7 @@ from handles._optional import require
 from handles._spec import Spec
 from handles.exceptions import MissingDependencyError, SpecError
 from handles.specs._device import module_nbytes
-from handles.specs._paths import PathStr
+from handles.specs._paths import PathStr, absolute
 
 if TYPE_CHECKING:
     from spacy.language import Language
@@ -71,11 +76,14 @@ class SpacySpec(Spec["Language"]):
     """A spaCy `Language`, from an installed package (`name=`) or a saved directory (`path=`)."""
 
     kind: Literal["spacy"] = "spacy"
+    # 2: `path` is stored absolute and normalized (resolved where validated, not in the worker).
+    schema_version = 2
 
     name: Annotated[str | None, Identity] = None
     """An installed pipeline package, as `spacy.load` takes it: "en_core_web_sm"."""
     path: Annotated[PathStr | None, Identity] = None
-    """A directory written by `nlp.to_disk` (relative paths resolve in the worker)."""
+    """A directory written by `nlp.to_disk`; stored absolute (relative paths resolve where
+    the spec is validated)."""
     disable: Annotated[tuple[str, ...], Identity] = ()
     """Components loaded but not run (they can be re-enabled with `nlp.enable_pipe`)."""
     exclude: Annotated[tuple[str, ...], Identity] = ()
@@ -108,6 +116,8 @@ class SpacySpec(Spec["Language"]):
     def _check_source(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value == "":
             raise ValueError("must not be empty")
+        if value is not None:
+            value = absolute(value)  # the path rule: no filesystem access
         if "name" not in info.data:  # name itself was invalid: reported there
             return value
         has_name = info.data["name"] is not None
@@ -158,10 +168,12 @@ class SpacySpec(Spec["Language"]):
     def build(self) -> Language:
         spacy = require("spacy", "spacy", kind=type(self).__name__)
         self._check_components(self.meta())
+        # A Path loads as a directory, never looked up as a package name.
+        source = self.name if self.name is not None else Path(str(self.path))
         # spaCy adds `disable` to the pipeline's own disabled list (en_core_web_sm
         # ships with senter disabled), so an empty one changes nothing.
         nlp: Language = spacy.load(
-            self.name if self.name is not None else self.path,
+            source,
             disable=list(self.disable),
             exclude=list(self.exclude),
         )

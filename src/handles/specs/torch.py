@@ -14,6 +14,11 @@ or a TorchScript / torch.export archive (`archive="model.pt2"`). A spec read fro
 untrusted JSON can therefore only call factories the process registered: an
 unknown name is a SpecError listing the registered ones, never an import.
 
+`weights` and `archive` follow the path rule of every kind (`handles.specs._paths`):
+made absolute and normalized where the spec is validated, so one file named from
+two working directories is one key, and a worker with another working directory
+loads the same file.
+
 Weights: safetensors (preferred), or a `torch.save` checkpoint only when the
 spec says `allow_pickle_weights=True`, and then read with
 `torch.load(weights_only=True)`, which refuses anything but tensors and plain
@@ -74,7 +79,7 @@ from handles.specs._device import (
     return_freed_memory,
     to_torch_dtype,
 )
-from handles.specs._paths import PathStr
+from handles.specs._paths import LocalPath
 
 if TYPE_CHECKING:
     import torch
@@ -155,15 +160,20 @@ class TorchModelSpec(Spec["torch.nn.Module"]):
     """A torch model from a registered factory (+ weights) or an archive; `get()` returns it."""
 
     kind: Literal["torch"] = "torch"
+    # 2: `weights` and `archive` are stored absolute and normalized (resolved where
+    # validated, not in the worker).
+    schema_version = 2
 
     factory: Annotated[str | None, Identity] = None
     """Name given to `@model_factory`; exactly one of factory and archive."""
     kwargs: Annotated[dict[str, JsonValue], Identity] = Field(default_factory=dict)
     """JSON data passed to the factory as keyword arguments."""
-    weights: Annotated[PathStr | None, Identity] = None
-    """State dict loaded into the factory's module: .safetensors, or a torch.save file."""
-    archive: Annotated[PathStr | None, Identity] = None
-    """A TorchScript (`torch.jit.save`) or torch.export (`torch.export.save`) file."""
+    weights: Annotated[LocalPath | None, Identity] = None
+    """State dict loaded into the factory's module: .safetensors, or a torch.save file.
+    Stored absolute (relative paths resolve where the spec is validated)."""
+    archive: Annotated[LocalPath | None, Identity] = None
+    """A TorchScript (`torch.jit.save`) or torch.export (`torch.export.save`) file, stored
+    absolute like `weights`."""
     dtype: Annotated[str | None, Identity] = None
     """Cast the module to this floating dtype; None keeps what the module has."""
     eval_mode: Annotated[bool, Identity] = True
