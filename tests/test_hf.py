@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,48 @@ def test_file_digests_are_computed_once_per_file_version(model_dir, monkeypatch)
     weights.write_bytes(weights.read_bytes() + b" ")
     assert spec_for(model_dir).cache_key() != first
     assert read == ["model.safetensors"]
+
+
+def test_digest_cache_stays_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(hf, "_digests", OrderedDict())
+    many = hf._DIGESTS_KEPT + 20
+    for number in range(many):
+        path = tmp_path / f"f{number}"
+        path.write_bytes(str(number).encode())
+        hf.file_digest(path)
+    assert len(hf._digests) == hf._DIGESTS_KEPT
+
+    rewritten = tmp_path / "rewritten"
+    for size in range(1, 40):  # each size a new version of the file
+        rewritten.write_bytes(b"x" * size)
+        hf.file_digest(rewritten)
+    assert len(hf._digests) == hf._DIGESTS_KEPT, "stale versions are dropped too"
+
+
+def test_digest_cache_drops_the_least_recently_used(tmp_path, monkeypatch):
+    monkeypatch.setattr(hf, "_digests", OrderedDict())
+    monkeypatch.setattr(hf, "_DIGESTS_KEPT", 3)
+    read: list[str] = []
+    original = hf._content_digest
+
+    def counting(path: Path) -> str:
+        read.append(path.name)
+        return original(path)
+
+    monkeypatch.setattr(hf, "_content_digest", counting)
+    files = {}
+    for name in "abcd":
+        files[name] = tmp_path / name
+        files[name].write_bytes(name.encode())
+        hf.file_digest(files[name])
+    assert read == ["a", "b", "c", "d"]
+    read.clear()
+    hf.file_digest(files["b"])  # kept, and now the most recently used
+    hf.file_digest(files["a"])  # dropped when d came: read again, dropping c
+    hf.file_digest(files["b"])
+    hf.file_digest(files["c"])  # read again, dropping d
+    assert read == ["a", "c"]
+    assert len(hf._digests) == 3
 
 
 def test_hub_cache_blobs_are_known_by_name_without_reading(tmp_path, monkeypatch):

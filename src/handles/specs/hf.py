@@ -17,8 +17,9 @@ Identity: task, model, tokenizer, revision, dtype, pipeline kwargs and, for
 local directories, a fingerprint of their files (config.json as canonical JSON
 without the transformers version that saved it; every other file by SHA-256),
 so retrained weights at the same path move `cache_key()`. Digests are cached
-per file version (path, size, mtime, ctime, inode) in each process; files in a hub
-cache are known by their blob name and never read. The device is placement.
+per file version (path, size, mtime, ctime, inode) in each process, the most
+recently used few hundred only; files in a hub cache are known by their blob name
+and never read. The device is placement.
 
 Shared weights: on the CPU, transformers 5 maps safetensors weights copy-on-write
 and keeps its parameters in the mapping when no dtype conversion is needed, so
@@ -34,6 +35,7 @@ import hashlib
 import json
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -271,7 +273,11 @@ def file_digest(path: Path) -> str:
     return _once_per_version(path, _content_digest)
 
 
-_digests: dict[tuple[str, str, int, int, int, int], str] = {}
+# The most recently used digests, by file version. Bounded: a long-lived worker
+# that keys many folders, or one folder rewritten many times, must not keep every
+# stale version. A few hundred covers the files of the models a process holds.
+_DIGESTS_KEPT = 512
+_digests: OrderedDict[tuple[str, str, int, int, int, int], str] = OrderedDict()
 _digests_lock = threading.Lock()
 
 
@@ -291,10 +297,15 @@ def _once_per_version(path: Path, read: Callable[[Path], str]) -> str:
     )
     with _digests_lock:
         known = _digests.get(version)
+        if known is not None:
+            _digests.move_to_end(version)
     if known is None:
         known = read(resolved)  # outside the lock: hashing a large file takes a while
         with _digests_lock:
             _digests[version] = known
+            _digests.move_to_end(version)
+            while len(_digests) > _DIGESTS_KEPT:
+                _digests.popitem(last=False)  # the least recently used
     return known
 
 
