@@ -48,6 +48,29 @@ async def select_one(spec: AsyncDatabaseSpec) -> int:
 # -- validation ---------------------------------------------------------------------
 
 
+def test_keys_are_pinned():
+    # Pinned: a change here silently invalidates every cache users persisted.
+    pinned = {
+        AsyncDatabaseSpec(url="postgresql+psycopg_async://app@db/sales"): (
+            "e7a86fd8d37cef027eeac315b52a87ecdce44c73eb2139f9e285e046a140e790"
+        ),
+        AsyncDatabaseSpec(url="postgresql+asyncpg://app:pw@db/sales"): (
+            "542f4d9dd9352752197c52797b4d234628e96e8a3ba0d01b56d84425073f9700"
+        ),
+        AsyncDatabaseSpec(url="sqlite+aiosqlite:////tmp/a.db", check_connection=False): (
+            "b0fb0499344e7f7ccac23f05d42158a8493ed887ec2ea4f93a53bd4a5fe4f2af"
+        ),
+    }
+    assert {spec: spec.cache_key() for spec in pinned} == pinned
+
+
+def test_same_fields_and_roles_as_database_spec():
+    # Both kinds subclass one shared base (handles.specs._sqlalchemy), not each other.
+    assert list(AsyncDatabaseSpec.model_fields) == list(DatabaseSpec.model_fields)
+    assert AsyncDatabaseSpec.identity_fields == DatabaseSpec.identity_fields == ("url",)
+    assert AsyncDatabaseSpec.placement_fields == DatabaseSpec.placement_fields
+
+
 def test_a_synchronous_driver_is_refused_with_the_way_out():
     spec = AsyncDatabaseSpec(url="postgresql+psycopg://u@127.0.0.1/db", check_connection=False)
 

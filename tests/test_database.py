@@ -58,6 +58,25 @@ def _insert_then_fail(spec: DatabaseSpec) -> None:
         raise KeyError("rolled back")
 
 
+def test_keys_are_pinned():
+    # Pinned: a change here silently invalidates every cache users persisted.
+    pinned = {
+        DatabaseSpec(url="postgresql+psycopg://app@db.internal:5432/sales"): (
+            "f2682bbb9936a33d5d90dcb5bfcd2e9469d7c958f00fa81b53178616edfae53b"
+        ),
+        DatabaseSpec(url="postgresql+psycopg://app:s3cret@db.internal:5432/sales", pool_size=3): (
+            "141b683350de0bc44f437ef82b39fdbf9056cc3fbb8b168b43b8a3fcea6aca00"
+        ),
+        DatabaseSpec(
+            url="postgresql+psycopg://app@db/sales", password="env:PG", max_connections=8, workers=4
+        ): "a34b60341aa8afcf70ad7c6afb0215a83ffff199172c70d6022f64b29eefd9cd",
+        DatabaseSpec(url="sqlite:////tmp/x.db", connect_args={"timeout": 3}): (
+            "2e1c2e4397e0e08eb63abebd75c44a1d05e256fbe0b1c32e04a34f409e100c35"
+        ),
+    }
+    assert {spec: spec.cache_key() for spec in pinned} == pinned
+
+
 def test_plain_password_is_masked_everywhere_but_the_pickle(caplog):
     url = f"postgresql+psycopg://app:{SECRET}@db.invalid:5432/sales"
     spec = DatabaseSpec(url=url, check_connection=False)

@@ -16,8 +16,8 @@ shuts down (`asyncio.run()` returning, or any loop that calls
 engine once `aget()` has built it.
 
 Fields, validation, secret references, masking, the connection budget and fork
-handling are DatabaseSpec's (see handles.specs.database); the URL names an
-asyncio driver: `postgresql+psycopg_async`, `postgresql+asyncpg`, `sqlite+aiosqlite`.
+handling are shared with DatabaseSpec (see handles.specs._sqlalchemy); the URL
+names an asyncio driver: `postgresql+psycopg_async`, `postgresql+asyncpg`, `sqlite+aiosqlite`.
 The budget counts per loop: `workers` should count event loops, not processes,
 when one process runs several loops at once.
 """
@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from handles._optional import require
 from handles._spec import Scope
-from handles.exceptions import BuildError, SpecError
-from handles.specs.database import DatabaseSpec, _masked, guard_against_fork
+from handles.exceptions import BuildError
+from handles.specs._sqlalchemy import _EngineSpec, guard_against_fork
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -40,24 +40,25 @@ if TYPE_CHECKING:
 __all__ = ["AsyncDatabaseSpec"]
 
 
-# Subclassing DatabaseSpec shares its fields, validation, masking and budget;
-# the live type differs (AsyncEngine, not Engine), hence the override ignores.
-class AsyncDatabaseSpec(DatabaseSpec):
+# Fields, validation, masking and the budget are _EngineSpec's, shared with
+# DatabaseSpec (handles.specs._sqlalchemy); this kind builds an AsyncEngine per loop.
+class AsyncDatabaseSpec(_EngineSpec["AsyncEngine"]):
     """A database reached through SQLAlchemy's asyncio API: `await aget()` is this loop's engine."""
 
-    kind: Literal["async-database"] = "async-database"  # type: ignore[assignment]
+    kind: Literal["async-database"] = "async-database"
     scope: ClassVar[Scope] = "loop"
     _asyncio: ClassVar[bool] = True
 
-    def build(self) -> Any:
+    def build(self) -> AsyncEngine:
         raise BuildError(
             f"{self!r} builds on an event loop: call `await spec.aget()`", kind=self.kind, spec=self
         )
 
-    async def abuild(self) -> AsyncEngine:  # type: ignore[override]
-        sa = require("sqlalchemy", "sql", kind=self._name)
-        require("greenlet", "sql", kind=self._name)  # SQLAlchemy's asyncio layer needs it
-        from sqlalchemy.ext.asyncio import create_async_engine
+    async def abuild(self) -> AsyncEngine:
+        label = type(self).__name__
+        sa = require("sqlalchemy", "sql", kind=label)
+        require("greenlet", "sql", kind=label)  # SQLAlchemy's asyncio layer needs it
+        from sqlalchemy.ext.asyncio import create_async_engine  # noqa: PLC0415  (sqlalchemy)
 
         url = self._connect_url(sa)
         try:
@@ -73,18 +74,18 @@ class AsyncDatabaseSpec(DatabaseSpec):
                 raise
         return engine
 
-    async def ateardown(self, value: AsyncEngine) -> None:  # type: ignore[override]
+    async def ateardown(self, value: AsyncEngine) -> None:
         await value.dispose()
 
-    def teardown(self, value: AsyncEngine) -> None:  # type: ignore[override]
+    def teardown(self, value: AsyncEngine) -> None:
         # Only reached where no loop can run the async teardown (the loop is gone):
         # drop the pool without awaiting; the server ends the sessions.
         value.sync_engine.dispose(close=False)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:  # type: ignore[override]
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """A connection from this loop's engine inside a transaction (`engine.begin()`)."""
-        engine: AsyncEngine = await self.aget()  # type: ignore[assignment]
+        engine = await self.aget()
         async with engine.begin() as conn:
             yield conn
 
@@ -95,19 +96,9 @@ class AsyncDatabaseSpec(DatabaseSpec):
                     result = await conn.execute(sa.text("SHOW max_connections"))
                     self._warn_over_limit(int(result.scalar_one()))
         except sa.exc.DBAPIError as exc:
-            detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise SpecError.one(
-                self._name, "url", f"cannot connect to {_masked(self.url)}: {detail}"
-            ) from exc
+            raise self._cannot_connect(exc) from exc
 
     def _warn_over_limit(self, server_max: int) -> None:
-        loops = self.workers or 1
-        worst = loops * self.connections_per_process()
-        if self.max_connections is None and worst > server_max:
-            warnings.warn(
-                f"{self!r} may open {loops} event loops x {self.connections_per_process()} "
-                f"connections (pool_size + max_overflow) = {worst}, but the server allows "
-                f"{server_max}: set max_connections= (and workers=) to cap the total",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        warning = self._over_server_limit(server_max, "event loops")
+        if warning is not None:
+            warnings.warn(warning, RuntimeWarning, stacklevel=3)
