@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import pickle
 import sqlite3
 import threading
 import time
@@ -15,6 +17,7 @@ import pytest
 
 import handles
 from handles import SqliteSpec
+from handles.specs._paths import absolute
 from support.forking import run_in_fork
 
 
@@ -41,6 +44,60 @@ def test_key_follows_the_database_not_how_to_connect(tmp_path):
     assert {s.cache_key() for s in same_db} == {base.cache_key()}
     assert SqliteSpec(memory="a").cache_key() != SqliteSpec(memory="b").cache_key()
     assert sorted(SqliteSpec.identity_fields) == ["memory", "path"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="pinned keys of POSIX absolute paths")
+def test_keys_are_pinned():
+    # Pinned: a change here silently invalidates every cache users persisted.
+    from handles.specs.sqlite import _engine_spec, _SqliteMemoryKeeper, _SqliteWriterLock
+
+    db = SqliteSpec(path="/data/app.db")
+    pinned = {
+        db: "2cc30e3e7dbf9f96f6e20f7f419215addfe20c7f3cb9e5019bfeeec48b1ce558",
+        SqliteSpec(path=Path("/data/p.db"), read_only=True, pragmas={"synchronous": 1}): (
+            "5ce0bef503beb4b9a00fe686f21511d0e86e3ea997ab02ad36794db1de7e3eef"
+        ),
+        SqliteSpec(memory="cache"): (
+            "aafb1151bbf17975325d3891c98815a2118e4178911e58ca3089e96deed8819b"
+        ),
+        _engine_spec(db): "418437f38d533cbab4e035894803e46f8f884031592e6ce513bf6e297eb3aad9",
+        _SqliteMemoryKeeper(name="cache"): (
+            "34d240670e81fb6d1f42ec1fb34af4abfc53b18fbb24f1d3b186e7067c5778a2"
+        ),
+        _SqliteWriterLock(path="/data/app.db"): (
+            "d989b7186d5d752ee1b2a325ea827c4af4de2435dbd84fc2d7e8f8075258ec5d"
+        ),
+    }
+    assert {spec: spec.cache_key() for spec in pinned} == pinned
+
+
+@pytest.mark.parametrize("name", ["_SqliteMemoryKeeper", "_SqliteWriterLock", "_SqliteEngine"])
+def test_pickles_naming_the_internal_specs_here_still_load(name: str):
+    # The internal specs moved to handles.specs._sqlite_*; a pickle made before
+    # names them handles.specs.sqlite.<name>, which must still resolve.
+    import handles.specs.sqlite as here
+
+    cls = getattr(here, name)
+    db = SqliteSpec(path="/data/app.db")
+    spec = {
+        "_SqliteMemoryKeeper": lambda: cls(name="cache"),
+        "_SqliteWriterLock": lambda: cls(path=db.path),
+        "_SqliteEngine": lambda: cls(database=db),
+    }[name]()
+    old = pickle.dumps(spec, protocol=0).replace(
+        f"c{cls.__module__}\n".encode(), b"chandles.specs.sqlite\n"
+    )
+    assert b"chandles.specs.sqlite\n" + name.encode() in old
+    loaded = pickle.loads(old)
+    assert type(loaded) is cls
+    assert loaded == spec
+    assert loaded.cache_key() == spec.cache_key()
+
+
+def test_the_path_rule_is_the_one_every_kind_shares(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for spelling in ["a.db", "./x/../a.db", "~/a.db", str(tmp_path / "a.db")]:
+        assert SqliteSpec(path=spelling).path == absolute(spelling)
 
 
 def test_shared_connection_fails_but_spec_gives_each_thread_its_own(tmp_path):
