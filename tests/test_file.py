@@ -23,6 +23,7 @@ import pytest
 
 import handles
 from handles import BuildError, FileSpec
+from handles.specs._paths import absolute
 
 fsspec = pytest.importorskip("fsspec")
 
@@ -217,6 +218,37 @@ def test_a_replaced_local_file_keeps_its_permissions(tmp_path: Path) -> None:
 
 
 # -- keys ----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.name != "posix", reason="pinned keys of POSIX absolute paths")
+def test_keys_are_pinned() -> None:
+    # Pinned: a change here silently invalidates every cache users persisted.
+    pinned = {
+        FileSpec(url="/data/x.csv"): (
+            "ed4e65631233f8f21c6325841bfba059c52b7b0ecf1912266786e3e3024b5ba0"
+        ),
+        FileSpec(url="file:///data/../data/y.csv.gz", compression="gzip"): (
+            "83bf70ce616c971bab6fd644b3a962946c7f992e365536b58b74fcd9b9f6e3a4"
+        ),
+        FileSpec(
+            url="s3://bucket/k.csv",
+            storage_options={"endpoint_url": "http://x:9000"},
+            secrets={"key": "env:K"},
+        ): "ab52b09ffe6fac995a32c43252becfe4cecf30d828dc5f7141d1df74f73eac3b",
+        FileSpec(url="memory://a/b.bin", mode="wb"): (
+            "cb2a931f2fe3323801077175ff1ef68f802b581c0885f06747029a2ba1bfc956"
+        ),
+    }
+    assert {spec: spec.cache_key() for spec in pinned} == pinned
+
+
+def test_local_paths_follow_the_path_rule_every_kind_shares(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for spelling in ["data.csv", "./x/../data.csv", "~/data.csv", "dir\\sub\\f.bin"]:
+        assert FileSpec(url=spelling).url == absolute(spelling)
+        assert FileSpec(url=f"file://{spelling}").url == absolute(spelling)
 
 
 def test_local_paths_resolve_in_the_creating_process(

@@ -49,7 +49,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from copy import deepcopy
 from datetime import datetime
-from os.path import abspath, expanduser
 from typing import IO, TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -63,6 +62,7 @@ from handles._spec import Spec
 from handles._trust import host_problems
 from handles.exceptions import BuildError, MissingDependencyError, SpecError
 from handles.specs._atomic import held_upload, replace_via_temp
+from handles.specs._paths import absolute
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -71,7 +71,6 @@ if TYPE_CHECKING:
 
 __all__ = ["FileSpec"]
 
-KIND = "FileSpec"
 Mode = Literal["rb", "r", "wb", "w"]
 Compression = Literal["infer", "gzip", "bz2", "xz", "lzma", "zstd", "lz4"]
 
@@ -204,7 +203,7 @@ class FileSpec(Spec["AbstractFileSystem"]):
     @property
     def path(self) -> str:
         """The file's path as its filesystem's methods take it (`spec.get().info(spec.path)`)."""
-        fsspec = require("fsspec", "file", kind=KIND)
+        fsspec = require("fsspec", "file", kind=type(self).__name__)
         return fsspec.core.strip_protocol(self.url)  # type: ignore[no-any-return]
 
     # -- the live object -------------------------------------------------------
@@ -267,8 +266,9 @@ class FileSpec(Spec["AbstractFileSystem"]):
     # -- helpers ---------------------------------------------------------------
 
     def _filesystem(self, *, shared: bool) -> AbstractFileSystem:
-        fsspec = require("fsspec", "file", kind=KIND)
-        _check_protocol(fsspec, self.protocol)
+        label = type(self).__name__
+        fsspec = require("fsspec", "file", kind=label)
+        _check_protocol(fsspec, self.protocol, label)
         self._check_codec(fsspec)
         return _open_filesystem(
             fsspec,
@@ -279,14 +279,14 @@ class FileSpec(Spec["AbstractFileSystem"]):
         )
 
     def _resolved_secrets(self) -> dict[str, str]:
-        return {name: ref.resolve(KIND, f"secrets.{name}") for name, ref in self.secrets.items()}
+        return _resolved(self.secrets, type(self).__name__)
 
     def _check_codec(self, fsspec: ModuleType) -> None:
         codec = self.compression
         if codec in (None, "infer") or codec in fsspec.available_compressions():
             return
         raise SpecError.one(
-            KIND,
+            type(self).__name__,
             "compression",
             f"{codec!r} needs the {CODEC_PACKAGES.get(str(codec), str(codec))} package, "
             "which is not installed",
@@ -295,18 +295,19 @@ class FileSpec(Spec["AbstractFileSystem"]):
     def _probe(self, fs: AbstractFileSystem) -> None:
         # One metadata call, so an unreachable store or a missing input fails
         # here, at first get(), rather than halfway through a task.
+        label = type(self).__name__
         try:
             if self.mode not in READ_MODES:
                 fs.exists(self.path)
                 return
             info = fs.info(self.path)
         except FileNotFoundError:
-            raise SpecError.one(KIND, "url", f"no such file: {self.url}") from None
+            raise SpecError.one(label, "url", f"no such file: {self.url}") from None
         except Exception as exc:
             detail = f"{type(exc).__name__}: {exc}"
-            raise SpecError.one(KIND, "url", f"cannot check {self.url}: {detail}") from exc
+            raise SpecError.one(label, "url", f"cannot check {self.url}: {detail}") from exc
         if info.get("type") == "directory":
-            raise SpecError.one(KIND, "url", f"{self.url} is a directory, not a file")
+            raise SpecError.one(label, "url", f"{self.url} is a directory, not a file")
 
     @contextmanager
     def _layers(self, raw: IO[bytes]) -> Iterator[IO[Any]]:
@@ -318,7 +319,7 @@ class FileSpec(Spec["AbstractFileSystem"]):
         with ExitStack() as finish:
             codec = self._codec()
             if codec is not None:
-                from fsspec.compression import compr
+                from fsspec.compression import compr  # noqa: PLC0415  (fsspec)
 
                 stream = compr[codec](raw, mode="rb" if reading else "wb")
                 finish.callback(stream.close)  # never closes a file object it was given
@@ -331,7 +332,7 @@ class FileSpec(Spec["AbstractFileSystem"]):
     def _codec(self) -> str | None:
         if self.compression != "infer":
             return self.compression
-        from fsspec.utils import infer_compression
+        from fsspec.utils import infer_compression  # noqa: PLC0415  (fsspec)
 
         return infer_compression(self.path)  # type: ignore[no-any-return]
 
@@ -350,8 +351,10 @@ class _SharedFileSystem(Spec["AbstractFileSystem"]):
     secrets: Annotated[dict[str, SecretRef], Identity] = Field(default_factory=dict)
 
     def build(self) -> AbstractFileSystem:
-        fsspec = require("fsspec", "file", kind=KIND)
-        secrets = {name: ref.resolve(KIND, f"secrets.{name}") for name, ref in self.secrets.items()}
+        # Errors name the class users write (this spec is FileSpec's internal companion).
+        label = FileSpec.__name__
+        fsspec = require("fsspec", "file", kind=label)
+        secrets = _resolved(self.secrets, label)
         return _open_filesystem(fsspec, self.protocol, self.options, secrets, shared=False)
 
     def teardown(self, value: AbstractFileSystem) -> None:
@@ -362,11 +365,17 @@ class _SharedFileSystem(Spec["AbstractFileSystem"]):
 
 
 def _shared_filesystem(spec: FileSpec) -> _SharedFileSystem:
-    fsspec = require("fsspec", "file", kind=KIND)
-    _check_protocol(fsspec, spec.protocol)
+    label = type(spec).__name__
+    fsspec = require("fsspec", "file", kind=label)
+    _check_protocol(fsspec, spec.protocol, label)
     spec._check_codec(fsspec)
     options = {**_url_options(fsspec, spec), **spec.storage_options}
     return _SharedFileSystem(protocol=spec.protocol, options=options, secrets=spec.secrets)
+
+
+def _resolved(secrets: Mapping[str, SecretRef], label: str) -> dict[str, str]:
+    """The secrets' values, read here; a missing one is a SpecError naming `label`'s field."""
+    return {name: ref.resolve(label, f"secrets.{name}") for name, ref in secrets.items()}
 
 
 def _url_options(fsspec: ModuleType, spec: FileSpec) -> dict[str, Any]:
@@ -474,7 +483,7 @@ def _local_path(path: str) -> str:
     if path.endswith(("/", "\\")):
         raise ValueError("the path ends with a separator: it names a folder, not a file")
     # Resolved here, in the creating process: workers may run elsewhere.
-    return abspath(expanduser(path)).replace("\\", "/")
+    return absolute(path)  # the path rule of every kind: handles.specs._paths
 
 
 def version_of(info: Mapping[str, Any]) -> dict[str, Any]:
@@ -521,18 +530,19 @@ def _literal_credential(options: Mapping[str, Any], prefix: str = "") -> str | N
     return None
 
 
-def _check_protocol(fsspec: ModuleType, protocol: str) -> None:
+def _check_protocol(fsspec: ModuleType, protocol: str, label: str) -> None:
+    """SpecError (naming `label`'s url) unless fsspec knows `protocol` and can load it."""
     try:
         fsspec.get_filesystem_class(protocol)
     except ValueError:
         raise SpecError.one(
-            KIND,
+            label,
             "url",
             f"unknown protocol {protocol!r}; fsspec.available_protocols() lists the known ones",
         ) from None
     except ImportError as exc:
         if protocol in HELD_UPLOAD_PROTOCOLS:
-            raise MissingDependencyError("s3fs", "s3", kind=KIND) from exc
+            raise MissingDependencyError("s3fs", "s3", kind=label) from exc
         raise SpecError.one(
-            KIND, "url", f"protocol {protocol!r} needs a package that is not installed: {exc}"
+            label, "url", f"protocol {protocol!r} needs a package that is not installed: {exc}"
         ) from exc
