@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,19 @@ def pg_async(tag: str, **options: Any) -> AsyncDatabaseSpec:
     return AsyncDatabaseSpec(url=async_url(tagged(postgres_url(), tag)), **options)
 
 
-def connections(tag: str) -> int:
+def connections(tag: str, *, settle_to: int | None = None) -> int:
+    """Server sessions named `tag`. With `settle_to`, waits (up to 60 s) for that count:
+    a closed connection's server process leaves pg_stat_activity a moment after
+    the client hangs up."""
     monitor = DatabaseSpec(url=tagged(postgres_url(), "handles-async-monitor"), pool_size=1)
-    with monitor.get().connect() as conn:
-        sql = text("select count(*) from pg_stat_activity where application_name = :tag")
-        return int(conn.execute(sql, {"tag": tag}).scalar_one())
+    sql = text("select count(*) from pg_stat_activity where application_name = :tag")
+    deadline = time.monotonic() + 60
+    while True:
+        with monitor.get().connect() as conn:
+            count = int(conn.execute(sql, {"tag": tag}).scalar_one())
+        if settle_to is None or count == settle_to or time.monotonic() > deadline:
+            return count
+        time.sleep(0.05)
 
 
 async def select_one(spec: AsyncDatabaseSpec) -> int:
@@ -150,7 +159,7 @@ def test_sequential_loops_never_share_an_engine_and_leave_no_connections():
     first = asyncio.run(main())
     second = asyncio.run(main())
     assert first[0] == second[0] == 10
-    assert connections(tag) == 0, "each loop's engine was disposed on that loop"
+    assert connections(tag, settle_to=0) == 0, "each loop's engine was disposed on that loop"
     stats = handles.registry().stats()[spec.cache_key()]
     assert (stats.builds, stats.live) == (2, 0)
 
@@ -178,7 +187,7 @@ def test_loops_in_threads_each_get_their_engine_never_a_different_loops():
         t.join()
     assert errors == []
     assert totals == [20] * 4
-    assert connections(tag) == 0
+    assert connections(tag, settle_to=0) == 0
     assert handles.registry().stats()[spec.cache_key()].builds == 4
 
 

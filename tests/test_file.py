@@ -246,9 +246,11 @@ def test_local_paths_follow_the_path_rule_every_kind_shares(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    for spelling in ["data.csv", "./x/../data.csv", "~/data.csv", "dir\\sub\\f.bin"]:
+    for spelling in ["data.csv", "./x/../data.csv", "~/data.csv"]:
         assert FileSpec(url=spelling).url == absolute(spelling)
         assert FileSpec(url=f"file://{spelling}").url == absolute(spelling)
+    # A URL's path has no backslashes: fsspec reads them as separators, so FileSpec does.
+    assert FileSpec(url="dir\\sub\\f.bin").url == absolute("dir/sub/f.bin")
 
 
 def test_local_paths_resolve_in_the_creating_process(

@@ -409,3 +409,14 @@ def test_load_four_processes_four_threads_no_lost_rows_no_locks(tmp_path):
     assert [w.exitcode for w in workers] == [0] * PROCESSES
     assert errors == []
     assert rows == (total, total)
+
+
+@pytest.mark.skipif(os.sep != "/", reason="a backslash is a separator on Windows")
+def test_a_backslash_is_part_of_a_file_name_on_posix(tmp_path, monkeypatch):
+    # The path rule normalizes separators only where the system has two: the key
+    # (and the file opened) must stay what it was before the rule was shared.
+    monkeypatch.chdir(tmp_path)
+    spec = SqliteSpec(path="a\\b.db")
+    assert spec.path == f"{tmp_path.as_posix()}/a\\b.db"
+    spec.get().execute("create table t (x)")
+    assert (tmp_path / "a\\b.db").is_file()

@@ -23,12 +23,16 @@ def fspath(value: Any) -> Any:
 
 
 def absolute(value: str) -> str:
-    """The path rule: absolute, normalized, `~` expanded, forward slashes. Refuses NUL and ""."""
+    """The path rule: absolute, normalized, `~` expanded. Refuses NUL and "".
+
+    Separators become "/" where the system has another (Windows); on POSIX a
+    backslash is an ordinary character of a file name and stays one.
+    """
     if not value.strip():
         raise ValueError("is empty: give a path")
     if "\0" in value:
         raise ValueError("contains a NUL character")
-    return os.path.abspath(os.path.expanduser(value)).replace("\\", "/")
+    return os.path.abspath(os.path.expanduser(value)).replace(os.sep, "/")
 
 
 def looks_local(value: str) -> bool:

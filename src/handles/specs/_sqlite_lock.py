@@ -65,7 +65,7 @@ class _WriterLock:
                 f"{label}: another thread of this process (pid {os.getpid()}) has held the "
                 f"writer queue for over {timeout:g} s (busy_timeout); is it stuck in a "
                 "transaction?",
-                kind="sqlite",
+                kind="SqliteSpec",
                 holder_pid=os.getpid(),
             )
         try:
@@ -99,7 +99,7 @@ class _WriterLock:
                     raise LockTimeout(
                         f"{label}: {who} has held the writer queue for over {timeout:g} s "
                         "(busy_timeout); is it stopped or stuck in a transaction?",
-                        kind="sqlite",
+                        kind="SqliteSpec",
                         holder_pid=holder,
                     ) from None
                 time.sleep(pause)

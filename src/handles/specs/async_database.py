@@ -51,7 +51,9 @@ class AsyncDatabaseSpec(_EngineSpec["AsyncEngine"]):
 
     def build(self) -> AsyncEngine:
         raise BuildError(
-            f"{self!r} builds on an event loop: call `await spec.aget()`", kind=self.kind, spec=self
+            f"{self!r} builds on an event loop: call `await spec.aget()`",
+            kind=type(self).__name__,
+            spec=self,
         )
 
     async def abuild(self) -> AsyncEngine:

@@ -482,8 +482,10 @@ def _local_path(path: str) -> str:
         raise ValueError("missing path: the URL is empty")
     if path.endswith(("/", "\\")):
         raise ValueError("the path ends with a separator: it names a folder, not a file")
-    # Resolved here, in the creating process: workers may run elsewhere.
-    return absolute(path)  # the path rule of every kind: handles.specs._paths
+    # Resolved here, in the creating process: workers may run elsewhere (the path
+    # rule of every kind: handles.specs._paths). A URL's path has no backslashes:
+    # fsspec reads them as separators, so the key does too.
+    return absolute(path).replace("\\", "/")
 
 
 def version_of(info: Mapping[str, Any]) -> dict[str, Any]:
