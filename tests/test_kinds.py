@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -241,3 +243,27 @@ def test_the_table_of_builtin_kinds_is_what_loads():
     async_engine = LIVE_TYPES["sqlalchemy.ext.asyncio.engine.AsyncEngine"]
     assert async_engine[1] == "AsyncDatabaseSpec(url=...)"
     assert LIVE_TYPES["sqlite3.Connection"][1] == "SqliteSpec(path=...)"
+
+
+def _imported_modules(path: Path) -> set[str]:
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+            imported.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    return imported
+
+
+def test_no_kind_imports_another_and_shared_modules_import_no_kind():
+    # Kinds share code through the core and handles.specs._* modules (paths, devices,
+    # the SQLAlchemy base, SQLite's pragmas and lock), never through another kind.
+    from handles._kinds import BUILTIN
+
+    kind_modules = {info.module for info in BUILTIN.values()}
+    folder = Path(handles.__file__).parent / "specs"
+    for path in sorted(folder.glob("*.py")):
+        module = f"handles.specs.{path.stem}"
+        reached = _imported_modules(path) & (kind_modules - {module})
+        assert reached == set(), f"{module} imports the kind module(s) {sorted(reached)}"

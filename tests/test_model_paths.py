@@ -282,26 +282,6 @@ def test_keys_moved_once_with_schema_version_2(make, tmp_path, monkeypatch):
 # -- where the model kinds take what they share ----------------------------------------
 
 
-@pytest.mark.parametrize("module", ["spacy", "torch", "hf"])
-def test_a_model_kind_imports_no_other_kind(module):
-    # Kinds share code through handles' core and handles.specs._* modules (_paths for
-    # the path rule, _device for devices), never through another kind's module.
-    import ast
-
-    import handles.specs
-
-    source = Path(handles.specs.__file__).with_name(f"{module}.py").read_text(encoding="utf-8")
-    imported = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module)
-        elif isinstance(node, ast.Import):
-            imported.update(alias.name for alias in node.names)
-    kinds = {name for name in imported if name.startswith("handles.specs.")}
-    assert {name for name in kinds if not name.startswith("handles.specs._")} == set()
-    assert not any(name == "handles.specs" for name in imported), "nor through the package"
-
-
 def test_path_fields_come_from_the_path_rule_module():
     from handles.specs import _device, _paths, hf, spacy, torch
 
