@@ -363,10 +363,9 @@ class Registry:
 
     def _wait(self, spec: Spec[Any], pending: _Pending) -> _Entry:
         if pending.thread == threading.get_ident():
-            raise BuildError(
+            raise BuildError.about(
+                spec,
                 f"{spec!r} asked for itself while being built (a build that calls its own get())",
-                kind=type(spec).__name__,
-                spec=spec,
             )
         pending.done.wait()
         if pending.error is not None:
@@ -744,20 +743,18 @@ class Registry:
     def _get_for_loop(self, spec: Spec[Any], key: str) -> Any:
         loop = _running_loop()
         if loop is None:
-            raise BuildError(
+            raise BuildError.about(
+                spec,
                 f"{spec!r} is bound to an event loop: call `await spec.aget()` inside a "
                 "coroutine (no event loop runs in this thread)",
-                kind=type(spec).__name__,
-                spec=spec,
             )
         loop_record = self._loops.get(loop)
         entry = None if loop_record is None else loop_record.entries.get(key)
         if entry is None:
-            raise BuildError(
+            raise BuildError.about(
+                spec,
                 f"{spec!r} has no object in this event loop yet: its build is asynchronous, "
                 "so call `await spec.aget()` (later `get()` calls in this loop then work)",
-                kind=type(spec).__name__,
-                spec=spec,
             )
         value = entry.value
         if not entry.live:

@@ -87,11 +87,16 @@ class BuildError(HandlesError):
         self.spec = spec
 
     @classmethod
+    def about(cls, spec: Any, message: str) -> BuildError:
+        """A BuildError for `spec`, labelled as every error is: by the spec's class name."""
+        return cls(message, kind=type(spec).__name__, spec=spec)
+
+    @classmethod
     def for_spec(cls, spec: Any, cause: BaseException) -> BuildError:
         detail = str(cause).strip() or type(cause).__name__
         if not detail.startswith(type(cause).__name__):
             detail = f"{type(cause).__name__}: {detail}"
-        return cls(f"could not build {spec!r}: {detail}", kind=type(spec).__name__, spec=spec)
+        return cls.about(spec, f"could not build {spec!r}: {detail}")
 
     def again(self) -> BuildError:
         """A fresh copy for another waiter, so threads never share one traceback."""

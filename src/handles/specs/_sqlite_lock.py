@@ -53,7 +53,8 @@ class _WriterLock:
         _lock_files.add(self)
 
     @contextmanager
-    def held(self, timeout: float, label: str) -> Iterator[None]:
+    def held(self, timeout: float, spec: object) -> Iterator[None]:
+        """The writer queue for `spec`'s database, waited on for at most `timeout` seconds."""
         if self._owner == threading.get_ident():
             # This thread already writes through another connection: let SQLite
             # report that conflict instead of waiting for ourselves forever.
@@ -62,15 +63,15 @@ class _WriterLock:
         deadline = time.monotonic() + timeout
         if not self._thread_lock.acquire(timeout=max(timeout, 0)):
             raise LockTimeout(
-                f"{label}: another thread of this process (pid {os.getpid()}) has held the "
+                f"{spec!r}: another thread of this process (pid {os.getpid()}) has held the "
                 f"writer queue for over {timeout:g} s (busy_timeout); is it stuck in a "
                 "transaction?",
-                kind="SqliteSpec",
+                kind=type(spec).__name__,
                 holder_pid=os.getpid(),
             )
         try:
             self._owner = threading.get_ident()
-            with self._file_lock(deadline, timeout, label):
+            with self._file_lock(deadline, timeout, spec):
                 yield
         finally:
             self._owner = None
@@ -79,7 +80,7 @@ class _WriterLock:
                 self.close()
 
     @contextmanager
-    def _file_lock(self, deadline: float, timeout: float, label: str) -> Iterator[None]:
+    def _file_lock(self, deadline: float, timeout: float, spec: object) -> Iterator[None]:
         fd = self._fd
         if fd is None:
             yield
@@ -97,9 +98,9 @@ class _WriterLock:
                     holder = _read_holder(fd)
                     who = f"process {holder}" if holder else "another process"
                     raise LockTimeout(
-                        f"{label}: {who} has held the writer queue for over {timeout:g} s "
+                        f"{spec!r}: {who} has held the writer queue for over {timeout:g} s "
                         "(busy_timeout); is it stopped or stuck in a transaction?",
-                        kind="SqliteSpec",
+                        kind=type(spec).__name__,
                         holder_pid=holder,
                     ) from None
                 time.sleep(pause)

@@ -50,11 +50,7 @@ class AsyncDatabaseSpec(_EngineSpec["AsyncEngine"]):
     _asyncio: ClassVar[bool] = True
 
     def build(self) -> AsyncEngine:
-        raise BuildError(
-            f"{self!r} builds on an event loop: call `await spec.aget()`",
-            kind=type(self).__name__,
-            spec=self,
-        )
+        raise BuildError.about(self, f"{self!r} builds on an event loop: call `await spec.aget()`")
 
     async def abuild(self) -> AsyncEngine:
         label = type(self).__name__

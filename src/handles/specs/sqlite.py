@@ -198,7 +198,7 @@ class SqliteSpec(Spec[sqlite3.Connection]):
         queue = (
             nullcontext()
             if self.read_only
-            else writer_spec(self.path, self.memory).get().held(self._busy_seconds(), repr(self))
+            else writer_spec(self.path, self.memory).get().held(self._busy_seconds(), self)
         )
         with queue:
             conn.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
