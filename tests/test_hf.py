@@ -88,7 +88,9 @@ def test_key_moves_with_weights_and_config_not_with_device_or_saving_version(mod
     assert changed["model.safetensors"] == before["model"]["model.safetensors"]
 
 
-def test_file_digests_are_computed_once_per_file_version(model_dir, monkeypatch):
+@pytest.fixture
+def digests_read(monkeypatch) -> list[str]:
+    """The names of the files whose content hf digests from now on, in order."""
     read: list[str] = []
     original = hf._content_digest
 
@@ -97,6 +99,11 @@ def test_file_digests_are_computed_once_per_file_version(model_dir, monkeypatch)
         return original(path)
 
     monkeypatch.setattr(hf, "_content_digest", counting)
+    return read
+
+
+def test_file_digests_are_computed_once_per_file_version(model_dir, digests_read):
+    read = digests_read
     first = spec_for(model_dir).cache_key()
     assert sorted(read) == ["model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     read.clear()
@@ -124,17 +131,10 @@ def test_digest_cache_stays_bounded(tmp_path, monkeypatch):
     assert len(hf._digests) == hf._DIGESTS_KEPT, "stale versions are dropped too"
 
 
-def test_digest_cache_drops_the_least_recently_used(tmp_path, monkeypatch):
+def test_digest_cache_drops_the_least_recently_used(tmp_path, monkeypatch, digests_read):
     monkeypatch.setattr(hf, "_digests", OrderedDict())
     monkeypatch.setattr(hf, "_DIGESTS_KEPT", 3)
-    read: list[str] = []
-    original = hf._content_digest
-
-    def counting(path: Path) -> str:
-        read.append(path.name)
-        return original(path)
-
-    monkeypatch.setattr(hf, "_content_digest", counting)
+    read = digests_read
     files = {}
     for name in "abcd":
         files[name] = tmp_path / name

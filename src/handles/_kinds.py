@@ -210,16 +210,15 @@ def load_kind(name: str) -> type[Spec[Any]]:
     if info is None:
         known = ", ".join(sorted(known_kinds())) or "none"
         raise SpecError.one("Spec", "kind", f"unknown kind {name!r}; known kinds: {known}")
-    module_name, _, class_name = info.target.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(info.module)
     except ModuleNotFoundError as exc:
         # Only a module that is not installed is a missing dependency; any other
         # ImportError (a name a module lacks, a broken binary) is a bug to see as is.
         if info.extra is None or exc.name is None:
             raise
         raise MissingDependencyError(exc.name, info.extra, kind=info.class_name) from exc
-    return _checked(name, info.target, getattr(module, class_name, None))
+    return _checked(name, info.target, getattr(module, info.class_name, None))
 
 
 def _checked(name: str, target: str, loaded: Any) -> type[Spec[Any]]:
