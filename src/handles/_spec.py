@@ -246,6 +246,27 @@ class Spec(BaseModel, Generic[T]):
         """
         return None
 
+    def live_identity(self) -> Any:
+        """JSON data naming the live object, where many specs share one; None (default): not shared.
+
+        By default each spec's object is its own, named by its cache key and
+        placement. A kind whose object serves many specs returns what names that
+        object, and the registry keeps one entry for all of them: FileSpec returns
+        its filesystem (protocol, options, secret references), so the files of one
+        bucket are one filesystem and one registry entry, while each file keeps its
+        own `cache_key()`. Whatever can change the object must be in it.
+        """
+        return None
+
+    def attached(self, value: T) -> None:
+        """Called when `get()` first serves this spec an object built for another spec.
+
+        Only for kinds that share objects (`live_identity()`): the first spec's
+        build checked what it needed (FileSpec: that its file exists); this checks
+        the same for this spec, on the object already built. Raise to refuse; the
+        object stays live for the specs it serves.
+        """
+
     def _checked_fingerprint(self) -> Any:
         # A path no file system accepts (a 300-character name: ENAMETOOLONG) or
         # cannot read fails here, in cache_key(): a SpecError naming the field.
@@ -273,7 +294,7 @@ class Spec(BaseModel, Generic[T]):
         except AttributeError:
             pass
         # Outside the except block, so an error here is not chained to the miss.
-        return self._compute_keys()[0]
+        return self._compute_keys(keys_only=True)[0]
 
     def identity(self) -> dict[str, Any]:
         """The identity fields as JSON data: exactly what `cache_key()` hashes besides kind."""
@@ -299,21 +320,33 @@ class Spec(BaseModel, Generic[T]):
             {name: dumped[name] for name in self.placement_fields},
         )
 
-    def _compute_keys(self) -> tuple[str, str]:
+    def _compute_keys(self, *, keys_only: bool = False) -> tuple[str, str]:
         # Both keys from one dump and one fingerprint, cached on the instance.
         identity, placement = self._roles_json()
-        payload: dict[str, Any] = {
-            "format": KEY_FORMAT,
-            "kind": self.kind,
-            "schema": self.schema_version,
-            "identity": identity,
-        }
-        content = self._checked_fingerprint()
-        if content is not None:
-            payload["content"] = content
-        key = digest(payload)
-        instance_key = digest({"cache_key": key, "placement": placement})
-        object.__setattr__(self, "_handles_key", key)
+        try:
+            key = self._handles_key
+        except AttributeError:
+            payload: dict[str, Any] = {
+                "format": KEY_FORMAT,
+                "kind": self.kind,
+                "schema": self.schema_version,
+                "identity": identity,
+            }
+            content = self._checked_fingerprint()
+            if content is not None:
+                payload["content"] = content
+            key = digest(payload)
+            object.__setattr__(self, "_handles_key", key)
+        # Kinds that share live objects name them only when the registry asks:
+        # cache_key() must not need what naming the object needs (fsspec, say).
+        shares = type(self).live_identity is not Spec.live_identity
+        if shares and keys_only:
+            return key, ""
+        shared = self.live_identity() if shares else None
+        if shared is None:
+            instance_key = digest({"cache_key": key, "placement": placement})
+        else:  # one live object for every spec that names the same one
+            instance_key = digest({"kind": self.kind, "live": shared})
         object.__setattr__(self, "_handles_ikey", instance_key)
         return key, instance_key
 

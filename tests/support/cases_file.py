@@ -39,7 +39,9 @@ CASES = [
         name="file-local",
         make=local_file,
         placement_variant=lambda s: s.replace(block_size=4096),
-        identity_variant=lambda s: s.replace(mode="r"),
+        # Files of one filesystem share one live object: a second object needs
+        # other filesystem options.
+        identity_variant=lambda s: s.replace(storage_options={"auto_mkdir": True}),
         broken=lambda tmp: FileSpec(url=str(tmp / "missing.bin")),
         alive=alive,
         requires=("fsspec",),
@@ -48,7 +50,7 @@ CASES = [
         name="file-memory",
         make=memory_file,
         placement_variant=lambda s: s.replace(block_size=4096),
-        identity_variant=lambda s: s.replace(compression="gzip"),
+        identity_variant=lambda s: s.replace(storage_options={"use_listings_cache": False}),
         broken=lambda tmp: FileSpec(url=f"memory://handles-tests/{tmp.name}/missing.bin"),
         alive=alive,
         requires=("fsspec",),
@@ -57,7 +59,7 @@ CASES = [
         name="file-tracked",
         make=lambda tmp: local_file(tmp, track_content=True),
         placement_variant=lambda s: s.replace(block_size=4096),
-        identity_variant=lambda s: s.replace(mode="r"),
+        identity_variant=lambda s: s.replace(storage_options={"auto_mkdir": True}),
         broken=lambda tmp: FileSpec(url=str(tmp / "missing.bin"), track_content=True),
         alive=alive,
         requires=("fsspec",),

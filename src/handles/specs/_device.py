@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from handles import _fork
+from handles._registry import refs
 from handles.exceptions import SpecError
 
 if TYPE_CHECKING:
@@ -212,18 +213,54 @@ _fork.in_child(_forget_slot_in_child)
 def release_module(module: Any) -> None:
     """Empty a module's parameters and buffers in place, then free cached GPU memory.
 
-    The module is unusable afterwards (like a closed connection). Emptying in
-    place, rather than dropping a reference, frees the memory even when a caller
-    or a framework object still points at the module.
+    Called once the registry has seen that nobody holds the module itself. Someone
+    may still hold a part of it (a task that kept `spec.get()[0]`, or one
+    parameter): those parts, and everything under them, are left intact, and
+    their memory goes when their holder lets go. The rest is emptied in place,
+    rather than only dereferenced, so its memory is freed even where a framework
+    object still points at the module.
     """
     torch = sys.modules.get("torch")
     if torch is None:  # nothing built by torch can exist in this process
         return
     if isinstance(module, torch.nn.Module):
         with torch.no_grad():
-            for tensor in [*module.parameters(), *module.buffers()]:
-                tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+            _empty_unheld(module, torch)
     empty_cuda_cache()
+
+
+def _empty_unheld(root: Any, torch: Any) -> None:
+    # A part held only by its parent's registry of children (`_modules`,
+    # `_parameters`, `_buffers`) has a known reference count; anything above it is
+    # a holder outside the module tree, or a part shared within it (tied
+    # weights), which is left alone either way.
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        for table in (module._parameters, module._buffers):
+            for name in list(table):
+                if table[name] is not None and _held_elsewhere(table, name):
+                    continue
+                tensor = table[name]
+                if tensor is not None:
+                    tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+                del tensor
+        for name in list(module._modules):
+            if module._modules[name] is None or _held_elsewhere(module._modules, name):
+                continue
+            stack.append(module._modules[name])
+
+
+def _held_elsewhere(table: dict[str, Any], name: str) -> bool:
+    """Is `table[name]` referenced from anywhere but `table` (and the stack, if queued)?"""
+    if not refs.EXACT:
+        return True  # cannot tell: leave every part alone, free by dereference only
+    # getrefcount's argument and the table's own reference.
+    return sys.getrefcount(table[name]) > 2
 
 
 def empty_cuda_cache() -> None:

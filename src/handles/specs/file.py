@@ -55,12 +55,12 @@ from urllib.parse import urlsplit
 from pydantic import Field, JsonValue, PositiveInt, ValidationInfo, field_validator
 
 from handles._fields import Identity, Placement
+from handles._keys import canonical
 from handles._optional import require
-from handles._registry import registry
 from handles._secrets import SecretRef, url_has_password
 from handles._spec import Spec
 from handles._trust import host_problems
-from handles.exceptions import BuildError, MissingDependencyError, SpecError
+from handles.exceptions import BuildError, HandlesError, MissingDependencyError, SpecError
 from handles.specs._atomic import held_upload, replace_via_temp
 from handles.specs._paths import absolute
 
@@ -208,26 +208,37 @@ class FileSpec(Spec["AbstractFileSystem"]):
 
     # -- the live object -------------------------------------------------------
 
-    def build(self) -> AbstractFileSystem:
+    def live_identity(self) -> Any:
         # One filesystem per process for every FileSpec with the same protocol,
         # options and secrets (fsspec itself shares instances the same way): a
-        # folder of 50,000 files is one filesystem, not 50,000.
-        shared = _shared_filesystem(self)
-        first = shared not in registry()
-        fs = shared.get()
+        # folder of 50,000 files is one filesystem and one registry entry, not
+        # 50,000. The file itself stays in cache_key().
         try:
-            self._probe(fs)
-        except BaseException:
-            if first:  # built for this failing spec alone: nothing of it stays
-                del fs
-                registry().evict(shared)
-            raise
+            options = self._filesystem_options()
+        except (HandlesError, ValueError, TypeError, ImportError):
+            return None  # no filesystem to share: build() raises the error itself
+        return {
+            "protocol": self.protocol,
+            "options": canonical(options),
+            "secrets": {name: str(ref) for name, ref in sorted(self.secrets.items())},
+            "block_size": self.block_size,  # placement picks the object, as for every kind
+        }
+
+    def build(self) -> AbstractFileSystem:
+        fs = self._filesystem(shared=False)
+        self._probe(fs)
         return fs
 
+    def attached(self, value: AbstractFileSystem) -> None:
+        # The filesystem was built for another file: check this one (one metadata
+        # call, once per spec instance) as build() checked that one.
+        self._probe(value)
+
     def teardown(self, value: AbstractFileSystem) -> None:
-        # The filesystem is shared: its own registry entry closes it. Only this
-        # file's cached listing goes.
-        value.invalidate_cache(self.path)
+        # fsspec filesystems have no close(). This instance is ours alone
+        # (skip_instance_cache), so dropping it releases its connections through
+        # the finalizers fsspec backends register; the listings cache goes now.
+        value.invalidate_cache()
 
     def fingerprint(self) -> Any:
         if not self.track_content:
@@ -268,15 +279,21 @@ class FileSpec(Spec["AbstractFileSystem"]):
     def _filesystem(self, *, shared: bool) -> AbstractFileSystem:
         label = type(self).__name__
         fsspec = require("fsspec", "file", kind=label)
-        _check_protocol(fsspec, self.protocol, label)
-        self._check_codec(fsspec)
         return _open_filesystem(
             fsspec,
             self.protocol,
-            {**_url_options(fsspec, self), **self.storage_options},
+            self._filesystem_options(),
             self._resolved_secrets(),
             shared=shared,
         )
+
+    def _filesystem_options(self) -> dict[str, Any]:
+        """storage_options plus what the URL itself says (an SFTP host and user, say)."""
+        label = type(self).__name__
+        fsspec = require("fsspec", "file", kind=label)
+        _check_protocol(fsspec, self.protocol, label)
+        self._check_codec(fsspec)
+        return {**_url_options(fsspec, self), **self.storage_options}
 
     def _resolved_secrets(self) -> dict[str, str]:
         return _resolved(self.secrets, type(self).__name__)
@@ -335,42 +352,6 @@ class FileSpec(Spec["AbstractFileSystem"]):
         from fsspec.utils import infer_compression  # noqa: PLC0415  (fsspec)
 
         return infer_compression(self.path)  # type: ignore[no-any-return]
-
-
-# -- the shared filesystem -------------------------------------------------------
-
-
-class _SharedFileSystem(Spec["AbstractFileSystem"]):
-    """This process's filesystem for one protocol, options and secrets (internal)."""
-
-    kind: Literal["file-system"] = "file-system"
-
-    protocol: Annotated[str, Identity]
-    options: Annotated[dict[str, JsonValue], Identity]
-    """storage_options plus what the URL itself says (an SFTP host and user, say)."""
-    secrets: Annotated[dict[str, SecretRef], Identity] = Field(default_factory=dict)
-
-    def build(self) -> AbstractFileSystem:
-        # Errors name the class users write (this spec is FileSpec's internal companion).
-        label = FileSpec.__name__
-        fsspec = require("fsspec", "file", kind=label)
-        secrets = _resolved(self.secrets, label)
-        return _open_filesystem(fsspec, self.protocol, self.options, secrets, shared=False)
-
-    def teardown(self, value: AbstractFileSystem) -> None:
-        # fsspec filesystems have no close(). This instance is ours alone
-        # (skip_instance_cache), so dropping it releases its connections through
-        # the finalizers fsspec backends register; the listings cache goes now.
-        value.invalidate_cache()
-
-
-def _shared_filesystem(spec: FileSpec) -> _SharedFileSystem:
-    label = type(spec).__name__
-    fsspec = require("fsspec", "file", kind=label)
-    _check_protocol(fsspec, spec.protocol, label)
-    spec._check_codec(fsspec)
-    options = {**_url_options(fsspec, spec), **spec.storage_options}
-    return _SharedFileSystem(protocol=spec.protocol, options=options, secrets=spec.secrets)
 
 
 def _resolved(secrets: Mapping[str, SecretRef], label: str) -> dict[str, str]:

@@ -1,0 +1,244 @@
+"""The registry's promises, each tested so that breaking the line that keeps it fails here.
+
+Races run for a fixed number of rounds at a tiny switch interval and call the
+registry directly, checking every object handed out (not only the last).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Annotated, ClassVar, Literal
+
+import pytest
+
+import handles
+from handles import BuildError, Identity, MissingDependencyError, Scope, Spec
+from handles._registry import refs
+from support.kinds import EchoSpec, Resource
+
+
+@pytest.fixture
+def tiny_switches() -> Iterator[None]:
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+def _run(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+# -- the warm path's liveness check ----------------------------------------------------
+
+
+def test_get_never_hands_out_none_or_a_closed_object_while_others_evict(tiny_switches):
+    # Builds that take a moment (the GIL released), so callers queue on each
+    # build in flight and wake to an entry another thread may already have
+    # retired and torn down: the live check must send them back.
+    reg = handles.registry()
+    specs = [EchoSpec(name=f"race-{i}", delay=0.0001) for i in range(2)]
+    bad: list[object] = []
+    handed_out = [0]
+    stop = threading.Event()
+
+    def getter() -> None:
+        while not stop.is_set():
+            for spec in specs:
+                value = reg.get(spec)
+                handed_out[0] += 1
+                if value is None or value.closed:
+                    bad.append(value)
+
+    def evicter() -> None:
+        while not stop.is_set():
+            for spec in specs:
+                reg.evict(spec)
+
+    threads = [threading.Thread(target=getter) for _ in range(4)]
+    threads.append(threading.Thread(target=evicter))
+    for thread in threads:
+        thread.start()
+    stop.wait(2.0)  # a fixed time, not a timing assertion: the check is on every object
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert handed_out[0] > 100
+    assert bad == [], f"{len(bad)} of {handed_out[0]} handed-out objects were None or closed"
+
+
+# -- eviction order ----------------------------------------------------------------------
+
+
+def test_the_bound_retires_an_idle_object_before_a_held_one():
+    reg = handles.registry()
+    reg.max_entries = 2
+    try:
+        oldest, middle, newest = (EchoSpec(name=n) for n in ("oldest", "middle", "newest"))
+        held = oldest.get()  # least recently used, but a task holds it
+        middle.get()
+        newest.get()  # over the bound: one must go
+        assert oldest in reg, "the held object was chosen over an idle one"
+        assert middle not in reg
+        assert not held.closed
+    finally:
+        reg.max_entries = None
+
+
+def test_a_held_object_retired_by_the_bound_is_closed_when_its_holder_lets_go():
+    reg = handles.registry()
+    reg.max_entries = 1
+    try:
+        first = EchoSpec(name="first")
+        held = first.get()
+        EchoSpec(name="second").get()  # only held objects left to choose: first goes
+        assert first not in reg
+        assert not held.closed, "torn down while a caller held it"
+        del held
+        reg.close()  # a safe point
+        assert EchoSpec(name="first").get() is not None
+    finally:
+        reg.max_entries = None
+
+
+# -- single-flight ---------------------------------------------------------------------------
+
+
+class MissingPackageSpec(Spec[Resource]):
+    kind: Literal["test-missing-package"] = "test-missing-package"
+    name: Annotated[str, Identity]
+
+    def build(self) -> Resource:
+        GATE.wait(30)
+        raise MissingDependencyError("nonexistent-package", install="nonexistent-package")
+
+
+GATE = threading.Event()
+
+
+def _waiting_in_flight(threads: list[threading.Thread]) -> int:
+    """How many of `threads` are blocked waiting on a build in flight (read from their frames)."""
+    frames = sys._current_frames()
+    count = 0
+    for thread in threads:
+        frame = frames.get(thread.ident or -1)
+        while frame is not None:
+            if frame.f_code.co_name == "wait" and frame.f_code.co_filename.endswith("flight.py"):
+                count += 1
+                break
+            frame = frame.f_back
+    return count
+
+
+def test_every_waiter_of_a_failing_build_sees_the_builders_error_type_after_one_build():
+    GATE.clear()
+    spec = MissingPackageSpec(name="x")
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def call() -> None:
+        try:
+            spec.get()
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(64)]
+    for thread in threads:
+        thread.start()
+    # Release the build only once the 63 others are proven to be waiting on it.
+    deadline = 600
+    while _waiting_in_flight(threads) < 63 and deadline:
+        threading.Event().wait(0.05)
+        deadline -= 1
+    assert _waiting_in_flight(threads) == 63
+    GATE.set()
+    for thread in threads:
+        thread.join()
+    assert len(errors) == 64
+    assert {type(e) for e in errors} == {MissingDependencyError}
+    assert len({id(e) for e in errors}) == 64, "waiters must not share one exception object"
+    assert handles.registry().stats()[spec.cache_key()].errors == 1
+
+
+def test_a_thread_scoped_build_that_asks_for_itself_fails_at_once():
+    class SelfAsking(Spec[Resource]):
+        kind: Literal["test-self-asking-thread"] = "test-self-asking-thread"
+        scope: ClassVar[Scope] = "thread"
+        name: Annotated[str, Identity]
+
+        def build(self) -> Resource:
+            self.get()
+            return Resource(self.name)
+
+    spec = SelfAsking(name="loop")
+    with pytest.raises(BuildError, match="asked for itself"):
+        spec.get()
+    assert handles.registry().stats()[spec.cache_key()].errors == 1
+
+
+# -- the teardown rule's fallback ------------------------------------------------------------
+
+
+def test_the_conservative_rule_keeps_retired_objects_until_close(monkeypatch):
+    monkeypatch.setattr(refs, "EXACT", False)
+    reg = handles.registry()
+    spec = EchoSpec(name="conservative")
+    value = spec.get()
+    ident = id(value)
+    del value  # nobody holds it, but the rule cannot tell
+    assert reg.evict(spec)
+    closed_now = [r for r in _closed_resources() if id(r) == ident]
+    assert closed_now == [], "the conservative rule tore down on evict()"
+    with EchoSpec(name="leased").use() as leased:
+        reg.close()
+        assert not leased.closed, "close() tore down an object inside a use() block"
+    assert leased.closed  # the block ended after close(): torn down then
+    assert EchoSpec(name="conservative").get() is not None
+
+
+def _closed_resources() -> list[Resource]:
+    import gc
+
+    return [o for o in gc.get_objects() if isinstance(o, Resource) and o.closed]
+
+
+def test_forcing_the_conservative_rule_from_the_environment(run_python, subprocess_env):
+    import subprocess
+
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.WARNING, stream=sys.stdout)\n"
+        "from handles._registry import refs\n"
+        "print('exact', refs.EXACT)\n"
+    )
+    env = {**subprocess_env, "HANDLES_TEARDOWN": "conservative"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().endswith("exact False")
+    assert run_python(script).endswith("exact True")  # this interpreter counts exactly
+
+
+# -- torch: a held part of a model -----------------------------------------------------------
+
+
+def test_evicting_a_model_leaves_a_held_submodule_working(tmp_path):
+    torch = pytest.importorskip("torch")
+    import support.tiny_models  # noqa: F401  (registers the tiny-mlp factory)
+    from handles import TorchModelSpec
+
+    spec = TorchModelSpec(factory="tiny-mlp")
+    part = spec.get().fc1  # the task keeps only the first layer
+    weight = part.weight.detach().clone()
+    assert handles.registry().evict(spec)
+    assert part.weight.shape == weight.shape, "a held submodule's weights were emptied"
+    assert torch.equal(part.weight, weight)
+    part(torch.ones(1, part.in_features))  # still runs
