@@ -6,6 +6,7 @@
     handles check MODULE:FUNCTION       preflight a call's arguments (see `handles check --help`)
 
 Errors print one line naming the problem and exit with status 2; no tracebacks.
+A reader that closes the pipe early (`| head`) ends the command quietly with status 141.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from handles._kinds import known_kinds, load_kind, spec_from_json
 from handles.exceptions import HandlesError
@@ -24,12 +26,24 @@ from handles.exceptions import HandlesError
 # The CLI sits on top of everything, so it may reach into the integrations.
 from handles.integrations.preflight import check_inputs
 
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
+# 128 + SIGPIPE (13 on every POSIX system): what a shell reports for `yes | head -1`.
+_SIGPIPE_STATUS = 141
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
-        return int(args.run(args))
+        try:
+            args = parser.parse_args(argv)
+            return int(args.run(args))
+        finally:
+            # Flush here, not at exit, so a reader that left early is seen below.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        return _reader_left()
     except HandlesError as exc:
         return _fail(str(exc))
     except Exception as exc:  # bad input must never end in a traceback
@@ -39,6 +53,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.exit(_fail(f"{message} (see handles --help)"))
+
+    def print_help(self, file: SupportsWrite[str] | None = None) -> None:
+        # argparse drops write errors; a closed pipe must reach main() like any output.
+        (file or sys.stdout).write(self.format_help())
+
+
+def _reader_left() -> int:
+    # `handles schema sqlite | head -3`: the reader closed the pipe, so stop quietly,
+    # as `cat` does, with the status a shell gives a command ended by SIGPIPE.
+    # Point stdout at /dev/null so the interpreter's flush at exit cannot fail again.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file (replaced, or closed)
+        pass
+    return _SIGPIPE_STATUS
 
 
 def _fail(message: str) -> int:
