@@ -100,7 +100,7 @@ class _EngineSpec(Spec[E], Generic[E]):
         if not _dialect_known(dialect):
             builtin = ", ".join(sorted(_BUILTIN_DIALECTS))
             raise ValueError(
-                f"unknown database dialect {dialect!r}; SQLAlchemy has {builtin} "
+                f"unknown database dialect; SQLAlchemy has {builtin} "
                 "and those installed packages register"
             )
         # Read as SQLAlchemy reads it (its own pattern), so the password masked
@@ -170,13 +170,12 @@ class _EngineSpec(Spec[E], Generic[E]):
             return workers
         if workers is None:
             raise ValueError(
-                f"is needed with max_connections={total}: the budget is shared by that many "
+                "is needed with max_connections: the budget is shared by that many "
                 "processes (each gets max_connections // workers)"
             )
         if total < workers:
             raise ValueError(
-                f"cannot share max_connections={total} between {workers} processes: "
-                "each needs at least one connection"
+                "exceeds max_connections: each of the processes needs at least one connection"
             )
         return workers
 

@@ -139,8 +139,8 @@ class FileSpec(Spec["AbstractFileSystem"]):
     def _check_mode(cls, mode: Any) -> Any:
         if isinstance(mode, str) and any(c in mode for c in "a+x"):
             raise ValueError(
-                f"mode {mode!r} cannot be written atomically; use 'wb' or 'w' to replace "
-                "the whole file, 'rb' or 'r' to read"
+                "a mode that appends, updates or creates ('a', '+', 'x') cannot be written "
+                "atomically; use 'wb' or 'w' to replace the whole file, 'rb' or 'r' to read"
             )
         return mode
 
@@ -154,7 +154,7 @@ class FileSpec(Spec["AbstractFileSystem"]):
         try:
             return codecs.lookup(encoding).name
         except LookupError:
-            raise ValueError(f"unknown encoding {encoding!r}") from None
+            raise ValueError("unknown encoding: codecs.lookup knows no such name") from None
 
     @field_validator("storage_options")
     @classmethod
@@ -424,11 +424,11 @@ def normalize_url(url: str) -> str:
         return _local_path(url)
     scheme = scheme.lower()
     if not _SCHEME.fullmatch(scheme):
-        raise ValueError(f"bad URL scheme {scheme!r}: expected letters, digits, '+', '-' or '.'")
+        raise ValueError("bad URL scheme: expected letters, digits, '+', '-' or '.'")
     if scheme in LOCAL_PROTOCOLS:
         return _local_path(rest)
     if not rest.strip("/"):
-        raise ValueError(f"missing path: {scheme}:// names no file")
+        raise ValueError("missing path: the URL names no file after its scheme")
     if rest.endswith("/"):
         raise ValueError("the URL ends with '/': it names a folder, not a file")
     return f"{scheme}://{rest}"

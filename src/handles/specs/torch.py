@@ -135,7 +135,7 @@ def _factory(name: str) -> Callable[..., Any]:
     if fn is None:
         known = ", ".join(sorted(_factories)) or "none"
         raise ValueError(
-            f"no model factory named {name!r}; registered factories: {known} "
+            f"no model factory by that name; registered factories: {known} "
             "(register one with @handles.specs.torch.model_factory(name))"
         )
     return fn
@@ -150,7 +150,7 @@ def _check_kwargs_fit(name: str, kwargs: Mapping[str, Any]) -> None:
     try:
         signature.bind(**kwargs)
     except TypeError as exc:
-        raise ValueError(f"factory {name!r} does not accept these kwargs: {exc}") from None
+        raise ValueError(f"the factory does not accept these kwargs: {exc}") from None
 
 
 # -- the spec -----------------------------------------------------------------
