@@ -16,6 +16,8 @@ registered name is `.spec.kind` where the error carries the spec.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +40,20 @@ DISTRIBUTION = "handle-specs"
 
 class HandlesError(Exception):
     """Root of every error raised by handles."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Workers send errors back pickled (Dask, Ray, process pools), and these
+        # constructors take more than the message: rebuild from the state instead.
+        state = dict(self.__dict__)
+        if isinstance(self, ImportError):  # kept by ImportError outside __dict__
+            state.update(name=self.name, path=self.path)
+        return (_restored, (type(self), self.args), state)
+
+
+def _restored(cls: type[HandlesError], args: tuple[Any, ...]) -> HandlesError:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    return error
 
 
 class SpecError(HandlesError, ValueError):
@@ -85,6 +101,9 @@ class BuildError(HandlesError):
         super().__init__(message)
         self.kind = kind
         self.spec = spec
+        # On a cluster the same spec builds on many machines: say which one failed
+        # (in tracebacks and logs; the message stays the same everywhere).
+        self.add_note(f"raised on host {socket.gethostname()}, process {os.getpid()}")
 
     @classmethod
     def about(cls, spec: Any, message: str) -> BuildError:

@@ -44,10 +44,12 @@ def bind_to_workers(runner: RunnerT, *specs: Spec[Any]) -> RunnerT:
     - ProcessPoolTaskRunner: every spec is built in each worker's main thread,
       where its tasks run (after your own initializer, if any), and closed when
       the worker exits.
-    - DaskTaskRunner, on a cluster it creates: process-scoped specs are built as
-      each worker starts and closed as it closes (the `SpecWarmUp` plugin);
-      thread-scoped ones by each executor thread on first use. On a cluster of
-      your own, register `SpecWarmUp` with the client instead.
+    - DaskTaskRunner: process-scoped specs are built as each worker starts and
+      closed as it closes (the `SpecWarmUp` plugin); thread-scoped ones by each
+      executor thread on first use. On a cluster it connects to (`address=`),
+      the plugin is registered when the runner starts (workers joining later
+      get it too) and removed when it stops: every worker closes the specs and
+      the cluster goes on running.
     - RayTaskRunner, when it calls `ray.init`: every spec is built by Ray's
       worker setup hook in each worker's main thread, where its tasks run, and
       closed there when the runner stops (`handles.integrations.ray.WorkerSpecs`).
@@ -152,11 +154,9 @@ def _bind_dask(runner: Any, specs: tuple[Spec[Any], ...]) -> Any:
     from handles.integrations.dask import SpecWarmUp  # noqa: PLC0415  (prefect-dask)
 
     if runner.address or getattr(runner, "_cluster", None) is not None:
-        raise ValueError(
-            "bind_to_workers(DaskTaskRunner(...)) adds a worker plugin to the cluster the "
-            "runner creates; on a cluster of your own, register it with the client: "
-            "client.register_plugin(SpecWarmUp(...))"
-        )
+        from handles.integrations._prefect_dask import bind_dask_cluster  # noqa: PLC0415
+
+        return bind_dask_cluster(runner, specs)  # registered when it starts: see there
     bound = runner.duplicate()
     shared = [spec for spec in specs if spec.scope == "process"]
     if shared:
