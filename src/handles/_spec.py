@@ -31,7 +31,7 @@ from pydantic import (
 )
 
 from handles import _kinds, _trust
-from handles._fields import split_roles
+from handles._fields import mark_roles, split_roles
 from handles._keys import canonical, canonical_json, digest, unkeyable
 from handles._registry import NO_ENTRY, registry
 from handles.exceptions import SpecError
@@ -58,6 +58,7 @@ class Spec(BaseModel, Generic[T]):
         extra="forbid",
         validate_default=True,
         hide_input_in_errors=True,  # inputs may hold secrets
+        json_schema_extra=mark_roles,  # every field says its role, marked or not
         revalidate_instances="never",
     )
     # Per-instance caches, outside the model's fields so they never reach JSON,
