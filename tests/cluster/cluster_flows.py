@@ -15,6 +15,8 @@ import handles
 from handles import BuildError
 from support.markers import MarkerSpec
 
+S3_KEY_ENV, S3_SECRET_ENV = "HANDLES_TEST_S3_KEY", "HANDLES_TEST_S3_SECRET"
+
 
 def here() -> tuple[str, int]:
     """(node name, pid): the node name is the only variable that differs between nodes."""
@@ -60,8 +62,11 @@ def try_build(spec: handles.Spec[Any]) -> dict[str, Any]:
     return result
 
 
-def read_file(spec: Any) -> bytes:
-    """A FileSpec's content, read on the worker (its secrets resolved there)."""
-    with spec.open() as f:
-        data: bytes = f.read()
-    return data
+def read_with_key(spec: Any) -> dict[str, Any]:
+    """A FileSpec's content read here, and the access key its secrets resolved to here."""
+    result = try_build(spec)
+    if "ok" in result:
+        with spec.open() as f:
+            result["data"] = f.read()
+        result["access_key"] = spec.get().key
+    return result

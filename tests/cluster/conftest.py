@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cluster_flows import S3_KEY_ENV, S3_SECRET_ENV
 from nodes import DaskCluster, Node, RayCluster, node_env
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -54,10 +55,34 @@ def make_nodes(root: Path, extra: dict[str, dict[str, str]] | None = None) -> li
     return nodes
 
 
+# What only node a has: the S3 credentials its FileSpecs' secrets name (the flow's
+# own environment has other values, which must not reach any worker).
+NODE_SECRETS = {"nodeA": {S3_KEY_ENV: "node-a-key", S3_SECRET_ENV: "node-a-secret"}}
+# No node may find credentials anywhere but in its spec's secrets.
+NO_AMBIENT_AWS = {
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/handles-test",
+    "AWS_CONFIG_FILE": "/nonexistent/handles-test",
+}
+
+
 @pytest.fixture(scope="module")
 def node_secrets() -> dict[str, dict[str, str]]:
-    """Variables only some nodes have (a module overrides this to give its own)."""
-    return {}
+    return {name: {**NO_AMBIENT_AWS, **NODE_SECRETS.get(name, {})} for name in NODES}
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """moto's S3 server on loopback: the object store every node shares."""
+    pytest.importorskip("s3fs", reason="the S3 test needs s3fs")
+    server_module = pytest.importorskip("moto.server", reason="the S3 test needs moto[server]")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")

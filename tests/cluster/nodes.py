@@ -8,6 +8,7 @@ node stops everything it started, whatever Dask or Ray spawned under it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -190,17 +191,17 @@ class RayCluster:
         head, *others = self.nodes
         port = self.address.rpartition(":")[2]
         head.start(
-            [*self._common(), "--head", "--port", port, "--temp-dir", str(self.temp),
+            [*self._common(head), "--head", "--port", port, "--temp-dir", str(self.temp),
              "--ray-client-server-port", str(free_port()), "--include-dashboard", "false",
              "--dashboard-port", str(free_port())],
             "ray",
         )  # fmt: skip
         self.wait_nodes(1)
         for node in others:
-            node.start([*self._common(), "--address", self.address], "ray")
+            node.start([*self._common(node), "--address", self.address], "ray")
         self.wait_nodes(len(self.nodes))
 
-    def _common(self) -> list[str]:
+    def _common(self, node: Node) -> list[str]:
         return [
             str(BIN / "ray"), "start", "--block", "--node-ip-address", "127.0.0.1",
             "--num-cpus", str(self.cpus), "--disable-usage-stats",
@@ -209,6 +210,7 @@ class RayCluster:
             "--dashboard-agent-grpc-port", str(free_port()),
             "--runtime-env-agent-port", str(free_port()),
             "--metrics-export-port", str(free_port()),
+            "--resources", json.dumps({node.name: 1}),  # tasks can ask for a node by name
         ]  # fmt: skip
 
     def wait_nodes(self, count: int) -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from node_checks import RunOn, check_node_local_path, check_secrets_resolve_on_the_worker
 from nodes import DaskCluster
 
 from support.markers import MarkerSpec, markers
@@ -20,6 +22,31 @@ from support.markers import MarkerSpec, markers
 pytestmark = pytest.mark.load
 
 prefect_dask = pytest.importorskip("prefect_dask", reason="needs prefect-dask")
+
+
+@pytest.fixture
+def run_on(dask_cluster: DaskCluster) -> Iterator[RunOn]:
+    """Run a function on a worker of the named node (each node's workers carry its name)."""
+    with dask_cluster.client() as client:
+
+        def run(node: str, function: Any, *args: Any) -> Any:
+            future = client.submit(function, *args, resources={node: 1}, pure=False)
+            return future.result(timeout=120)
+
+        yield run
+
+
+def test_nodes_differ_one_key_and_a_node_local_path_fails_where_missing(
+    dask_cluster: DaskCluster, run_on: RunOn, tmp_path: Path
+) -> None:
+    roots = {node.name: node.root for node in dask_cluster.nodes}
+    check_node_local_path(run_on, roots, tmp_path / "shared.csv")
+
+
+def test_secrets_resolve_from_the_workers_environment(
+    run_on: RunOn, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check_secrets_resolve_on_the_worker(run_on, moto_endpoint, monkeypatch)
 
 
 def bound_runner(cluster: DaskCluster, *specs: Any) -> Any:

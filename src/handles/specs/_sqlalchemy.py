@@ -241,6 +241,10 @@ class _EngineSpec(Spec[E], Generic[E]):
         try:
             url: URL = sa.make_url(self.url)
             dialect = url.get_dialect()
+            if self._asyncio:
+                # What create_async_engine loads: the dialect's asyncio form where it
+                # has one (postgresql+psycopg: psycopg's async dialect), else itself.
+                dialect = dialect.get_async_dialect_cls(url)
         except sa.exc.NoSuchModuleError:  # before ArgumentError, its base class
             raise SpecError.one(
                 label,
@@ -273,8 +277,8 @@ class _EngineSpec(Spec[E], Generic[E]):
                 label,
                 "url",
                 f"{url.drivername} is a synchronous driver; AsyncDatabaseSpec builds an "
-                "AsyncEngine, so use an asyncio driver (postgresql+psycopg_async or "
-                "+asyncpg, sqlite+aiosqlite), or DatabaseSpec for a synchronous Engine",
+                "AsyncEngine, so use an asyncio driver (postgresql+psycopg or +asyncpg, "
+                "sqlite+aiosqlite), or DatabaseSpec for a synchronous Engine",
             )
         if self.password is not None:
             url = url.set(password=self.password.resolve(label, "password"))
