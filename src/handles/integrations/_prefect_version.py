@@ -16,7 +16,7 @@ import prefect
 __all__ = ["PROCESS_POOL_INITIALIZER", "installed_release", "require_prefect"]
 
 # ProcessPoolTaskRunner(initializer=..., initargs=...), run after Prefect's own
-# worker setup and carried by duplicate(): new in 3.8.0 (the runner itself, 3.4).
+# worker setup and carried by duplicate(): new in 3.8.0 (the runner itself, 3.4.14).
 PROCESS_POOL_INITIALIZER = (3, 8, 0)
 
 
