@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Self, TypeVar
 from pydantic import (
     BaseModel,
     ConfigDict,
+    ModelWrapValidatorHandler,
     SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
@@ -30,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from handles import _kinds, _trust
+from handles import _allow, _kinds, _trust
 from handles._fields import mark_roles, split_roles
 from handles._keys import canonical, canonical_json, digest, unkeyable
 from handles._registry import NO_ENTRY, registry
@@ -122,15 +123,26 @@ class Spec(BaseModel, Generic[T]):
                 raise SpecError.one(cls.__name__, field, f"{inner} {why}" if inner else why)
         return data
 
-    @model_validator(mode="after")
-    def _check_trust(self, info: ValidationInfo) -> Self:
+    @model_validator(mode="wrap")
+    @classmethod
+    def _check_trust(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Self], info: ValidationInfo
+    ) -> Self:
         # From untrusted data, secret references and whatever the kind lists
-        # need the worker's consent: every problem in one error.
-        if _trust.untrusted(info):
-            problems = [*_trust.secret_problems(dict(self)), *self._untrusted_problems()]
-            if problems:
-                raise SpecError(type(self).__name__, problems)
-        return self
+        # need the worker's consent: every problem in one error. A spec instance
+        # passing through validation again (a flow parameter given one in Python,
+        # model_validate(spec), a TypeAdapter) was made by code: it stays trusted.
+        spec = handler(data)
+        if isinstance(data, Spec) or not _trust.untrusted(info):
+            return spec
+        problems = [
+            *_trust.secret_problems(dict(spec)),
+            *_allow.path_problems(_allow.declared_paths(spec)),
+            *spec._untrusted_problems(),
+        ]
+        if problems:
+            raise SpecError(cls.__name__, problems)
+        return spec
 
     def _untrusted_problems(self) -> list[tuple[str, str]]:
         """(field, message) for each thing this spec may not do when read from JSON.

@@ -35,10 +35,11 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from handles._allow import FromData
 from handles._fields import Identity, Placement
 from handles._optional import require
 from handles._spec import Spec
@@ -76,6 +77,8 @@ class SpacySpec(Spec["Language"]):
     """A spaCy `Language`, from an installed package (`name=`) or a saved directory (`path=`)."""
 
     kind: Literal["spacy"] = "spacy"
+    from_data: ClassVar[FromData] = FromData(paths=("path",))
+    """From data, `path` is limited by HANDLES_ALLOW_PATHS (see handles._allow)."""
     # 2: `path` is stored absolute and normalized (resolved where validated, not in the worker).
     schema_version = 2
 
