@@ -19,7 +19,8 @@ from nodes import DaskCluster
 
 from support.markers import MarkerSpec, markers
 
-pytestmark = pytest.mark.load
+# The first test also waits for the cluster and Prefect's server to start.
+pytestmark = [pytest.mark.load, pytest.mark.timeout(900)]
 
 prefect_dask = pytest.importorskip("prefect_dask", reason="needs prefect-dask")
 

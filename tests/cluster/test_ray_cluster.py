@@ -18,7 +18,8 @@ from nodes import RayCluster
 
 from support.markers import MarkerSpec, markers
 
-pytestmark = pytest.mark.load
+# The first test also waits for the cluster and Prefect's server to start.
+pytestmark = [pytest.mark.load, pytest.mark.timeout(900)]
 
 ray = pytest.importorskip("ray", reason="needs ray")
 prefect_ray = pytest.importorskip("prefect_ray", reason="needs prefect-ray")
