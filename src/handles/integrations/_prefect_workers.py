@@ -13,6 +13,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 from handles._spec import Spec
 from handles.integrations._prefect_logs import route_registry_logs
 from handles.integrations._prefect_loop import WorkerLoopPool, adopt_pool, start_process_loop
+from handles.integrations._prefect_version import PROCESS_POOL_INITIALIZER, require_prefect
 from handles.integrations._warm import checked, release, warm
 
 __all__ = ["BoundThreadPoolTaskRunner", "bind_to_workers", "warm_up"]
@@ -146,6 +147,8 @@ class BoundThreadPoolTaskRunner(ThreadPoolTaskRunner[Any]):
 
 
 def _bind_process_pool(runner: Any, specs: tuple[Spec[Any], ...]) -> Any:
+    # Older runners drop the initializer below without a word: say so instead.
+    require_prefect(PROCESS_POOL_INITIALIZER, "bind_to_workers(ProcessPoolTaskRunner(...))")
     bound = runner.duplicate()
     # The worker initializer and its arguments: Prefect keeps them private, and
     # its duplicate() carries them to every flow run's copy of the runner.
