@@ -33,7 +33,7 @@ from pydantic import (
 
 from handles import _allow, _kinds, _trust
 from handles._fields import mark_roles, split_roles
-from handles._keys import canonical, canonical_json, digest, unkeyable
+from handles._keys import canonical, digest, unkeyable
 from handles._registry import NO_ENTRY, registry
 from handles.exceptions import SpecError
 
@@ -187,9 +187,10 @@ class Spec(BaseModel, Generic[T]):
 
     @model_serializer(mode="wrap")
     def _canonical_dump(self, handler: SerializerFunctionWrapHandler) -> Any:
-        # Sorted mappings and posix paths, so two equal specs dump to the same
-        # bytes in every process (Prefect hashes this dump for cache keys).
-        return canonical(handler(self))
+        # Sorted mappings and sets, posix paths, decimals and datetimes in one form
+        # (walked beside the values they came from), so two equal specs dump to
+        # the same bytes in every process and hash seed (Prefect hashes this dump).
+        return canonical(handler(self), self)
 
     # -- the live object ------------------------------------------------------
 
@@ -335,7 +336,18 @@ class Spec(BaseModel, Generic[T]):
             return self._handles_hash
         except AttributeError:
             pass
-        value = hash((type(self), canonical_json(self.model_dump(mode="json"))))
+
+        # Python's hash of the dump's data, not of its text: == (pydantic's, by
+        # field values) holds 1 == 1.0 == True where the dump keeps them apart,
+        # and equal specs must hash equal.
+        def hashable(data: Any) -> Any:
+            if isinstance(data, dict):
+                return frozenset((k, hashable(v)) for k, v in data.items())
+            if isinstance(data, list):
+                return tuple(hashable(v) for v in data)
+            return data
+
+        value = hash((type(self), hashable(self.model_dump(mode="json"))))
         object.__setattr__(self, "_handles_hash", value)
         return value
 
