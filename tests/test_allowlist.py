@@ -307,3 +307,97 @@ def test_the_security_page_shows_the_allow_list_the_kinds_declare():
         "docs/security.md's allow-list differs from the declarations; paste this:\n"
         + generated_table()
     )
+
+
+# -- every endpoint option of every protocol (issue 26) ---------------------------------------
+
+# Independent of handles.specs.file.PROTOCOLS: where each store takes its endpoint.
+ENDPOINT_OPTIONS: dict[str, dict[str, Any]] = {
+    "s3": {
+        "endpoint_url": "http://evil.example:9000",
+        "client_kwargs": {"endpoint_url": "http://evil.example:9000"},
+    },
+    "gcs": {"endpoint_url": "http://evil.example"},
+    "abfs": {"account_name": "evil", "account_host": "evil.example"},
+}
+ENDPOINT_CASES = [
+    (protocol, name, value)
+    for protocol, options in ENDPOINT_OPTIONS.items()
+    for name, value in options.items()
+]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "name", "value"), ENDPOINT_CASES, ids=[f"{p}-{n}" for p, n, _ in ENDPOINT_CASES]
+)
+def test_every_endpoint_option_of_every_protocol_is_host_checked(
+    monkeypatch, *, protocol, name, value
+):
+    monkeypatch.setenv("HANDLES_ALLOW_HOSTS", "bucket,*.internal")
+    doc = {"kind": "file", "url": f"{protocol}://bucket/x.csv", "storage_options": {name: value}}
+    with pytest.raises(SpecError) as info:
+        handles.spec_from_json(doc)
+    endpoint = [(f, m) for f, m in info.value.problems if f.startswith("storage_options.")]
+    assert endpoint, info.value.problems
+    assert all("may not reach host" in m for _, m in endpoint), endpoint
+
+
+def test_an_object_store_without_an_endpoint_reaches_its_own_host(monkeypatch):
+    monkeypatch.setenv("HANDLES_ALLOW_HOSTS", "bucket")
+    with pytest.raises(SpecError, match=r"may not reach host 's3\.amazonaws\.com'"):
+        handles.spec_from_json({"kind": "file", "url": "s3://bucket/x.csv"})
+    monkeypatch.setenv("HANDLES_ALLOW_HOSTS", "bucket,*.amazonaws.com")
+    assert handles.spec_from_json({"kind": "file", "url": "s3://bucket/x.csv"}).kind == "file"
+
+
+# -- secrets scrubbed from build errors -------------------------------------------------------
+
+
+def test_a_secret_echoed_by_a_filesystem_shows_as_its_reference(monkeypatch):
+    # fsspec's DirFileSystem builds its target filesystem from target_protocol= and, for an
+    # unknown one, says which protocol it could not find: the secret put there by a trusted spec.
+    pytest.importorskip("fsspec")
+    value = "scrub-me-4f1d2c"
+    monkeypatch.setenv("HANDLES_TEST_SCRUB", value)
+    spec = FileSpec(
+        url="dir://x.txt",
+        storage_options={"path": "/"},
+        secrets={"target_protocol": "env:HANDLES_TEST_SCRUB"},
+    )
+    with pytest.raises(handles.HandlesError) as info:
+        spec.get()
+    import traceback
+
+    text = "".join(traceback.format_exception(info.value))
+    assert value not in text
+    assert "<env:HANDLES_TEST_SCRUB>" in text, text
+    assert len(handles.registry()) == 0
+
+
+# -- HF reads safetensors only unless allowed ------------------------------------------------
+
+
+def test_hf_reads_a_pickle_checkpoint_only_when_allowed(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    import torch
+    from safetensors.torch import load_file
+
+    from support import tiny_models as tm
+
+    folder = tm.save_tiny_hf(tmp_path / "model")
+    for weights in folder.glob("*.safetensors"):  # the same weights, as a pickle checkpoint
+        torch.save(load_file(weights), folder / "pytorch_model.bin")
+        weights.unlink()
+    doc = {"kind": "hf-pipeline", "task": "text-classification", "model": str(folder)}
+    spec = handles.spec_from_json(doc)
+    with pytest.raises(handles.HandlesError, match=r"safetensors|model\.safetensors"):
+        spec.get()
+    assert len(handles.registry()) == 0
+    with pytest.raises(SpecError, match="HANDLES_ALLOW_PICKLE_WEIGHTS=1"):
+        handles.spec_from_json({**doc, "allow_pickle_weights": True})
+    with pytest.raises(SpecError, match=r"pipeline_kwargs\.model_kwargs"):
+        handles.spec_from_json({**doc, "pipeline_kwargs": {"model_kwargs": {"x": 1}}})
+    monkeypatch.setenv("HANDLES_ALLOW_PICKLE_WEIGHTS", "1")
+    allowed = handles.spec_from_json({**doc, "allow_pickle_weights": True})
+    assert allowed.get()("good film")  # read with torch.load(weights_only=True)
+    handles.registry().evict(allowed)

@@ -48,14 +48,17 @@ __all__ = [
     "FromData",
     "Protocol",
     "UNKNOWN_HOST",
+    "allow_table",
     "allowed",
     "archives_allowed",
     "canonical_host",
     "conninfo_params",
+    "declared_paths",
     "host_matches",
     "path_problems",
     "refused",
     "setting_patterns",
+    "split_hosts",
 ]
 
 ALLOW_OPTIONS = "HANDLES_ALLOW_OPTIONS"
