@@ -115,6 +115,8 @@ def test_every_host_argument_of_every_driver_is_checked(
     [
         ("postgresql+psycopg://app@db.internal,evil.example/db", {}),
         ("postgresql+psycopg://app@db.internal/db?host=db.internal&host=evil.example", {}),
+        ("postgresql+psycopg://app@db.internal/db?host=evil.example:5432", {}),  # SA's form
+        ("postgresql+psycopg://app@db.internal/db?host=[::2]:5432", {}),
         ("postgresql+psycopg://app@db.internal/db", {"host": "db.internal,evil.example"}),
         ("postgresql+psycopg://app@db.internal/db", {"hostaddr": 3221225991}),  # 192.0.2.7
         ("postgresql+psycopg://app@db.internal/db", {"conninfo": "host='evil.example'"}),
@@ -129,6 +131,13 @@ def test_host_lists_numbers_and_connection_strings_are_read_as_libpq_reads_them(
     monkeypatch.setenv("HANDLES_ALLOW_HOSTS", "db.internal")
     with pytest.raises(SpecError, match=r"may not reach host|names no host"):
         handles.spec_from_json({"kind": "database", "url": url, "connect_args": connect_args})
+
+
+def test_sqlalchemys_host_and_port_form_is_read_as_a_host(monkeypatch):
+    monkeypatch.setenv("HANDLES_ALLOW_OPTIONS", "database:host")
+    monkeypatch.setenv("HANDLES_ALLOW_HOSTS", "db.internal,db2.internal")
+    url = "postgresql+psycopg://app@db.internal/db?host=db.internal:5432&host=db2.internal:5433"
+    assert handles.spec_from_json({"kind": "database", "url": url}).kind == "database"
 
 
 def test_a_secret_with_no_host_is_refused_even_when_allowed(monkeypatch):

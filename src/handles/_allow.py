@@ -257,10 +257,20 @@ def _uri_params(uri: str) -> list[tuple[str, str]]:
 
 
 def split_hosts(value: Any) -> list[str]:
-    """The hosts in a libpq host/hostaddr value: a comma-separated list; numbers as text."""
-    if isinstance(value, bool):
-        return [str(value)]
-    return [h.strip() for h in str(value).split(",") if h.strip()]
+    """The hosts in a libpq host/hostaddr value: a comma-separated list; numbers as text.
+
+    SQLAlchemy reads `?host=name:5432` (its multi-host form) as a host and a port, so a
+    trailing `:digits` is a port, not part of the host (`[v6]:port` too).
+    """
+    hosts = []
+    for item in str(value).split(","):
+        host = item.strip()
+        name, sep, port = host.rpartition(":")
+        if sep and port.isdigit() and (":" not in name or name.startswith("[")):
+            host = name
+        if host:
+            hosts.append(host)
+    return hosts
 
 
 # -- local paths -----------------------------------------------------------------------
