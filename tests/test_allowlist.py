@@ -410,3 +410,26 @@ def test_hf_reads_a_pickle_checkpoint_only_when_allowed(tmp_path, monkeypatch):
     allowed = handles.spec_from_json({**doc, "allow_pickle_weights": True})
     assert allowed.get()("good film")  # read with torch.load(weights_only=True)
     handles.registry().evict(allowed)
+
+
+@pytest.mark.parametrize(
+    ("query", "refused"),
+    [
+        ("sslmode=disable", True),
+        ("sslmode=allow", True),
+        ("sslmode=verify-full", False),
+        ("gssencmode=disable", True),
+        ("channel_binding=disable", True),
+        ("channel_binding=require", False),
+    ],
+)
+def test_from_data_tls_can_be_made_stricter_never_turned_off(monkeypatch, *, query, refused):
+    doc = {"kind": "database", "url": f"postgresql+psycopg://app@db.internal/db?{query}"}
+    if not refused:
+        assert handles.spec_from_json(doc).kind == "database"
+        return
+    key = query.partition("=")[0]
+    with pytest.raises(SpecError, match=f"HANDLES_ALLOW_OPTIONS=database:{key}"):
+        handles.spec_from_json(doc)
+    monkeypatch.setenv("HANDLES_ALLOW_OPTIONS", f"database:{key}")  # the worker's choice
+    assert handles.spec_from_json(doc).kind == "database"

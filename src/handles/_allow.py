@@ -88,6 +88,8 @@ class Driver:
     """Keys that send the connection where the worker's files say (a libpq service)."""
     local: bool = False
     """The database is a local file (SQLite): its path is checked, not a host."""
+    values: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Allowed keys whose values are limited too: `sslmode` may not turn TLS off."""
 
 
 @dataclass(frozen=True)
@@ -152,9 +154,10 @@ def allowed(kind: str, name: str) -> bool:
 def refused(kind: str, what: str, name: str, declared: Iterable[str]) -> str:
     """The message for `name`, which a spec of `kind` from data may not use."""
     listed = ", ".join(sorted(declared)) or "nothing"
+    key = name.partition("=")[0]
     return (
-        f"{FROM_JSON} may not use {what} {name!r} (allowed from data: {listed}): allow it "
-        f"on the worker with {ALLOW_OPTIONS}={kind}:{name}"
+        f"{FROM_JSON} may not use {what + ' ' if what else ''}{name!r} (allowed from data: "
+        f"{listed}): allow it on the worker with {ALLOW_OPTIONS}={kind}:{key}"
     )
 
 
@@ -335,7 +338,14 @@ def allow_table(kinds: Iterable[tuple[str, type]]) -> str:
         paths = ", ".join(f"`{p}`" for p in declaration.paths)
         path_note = f"local paths in {paths} (`{ALLOW_PATHS}`)" if paths else ""
         for driver in declaration.drivers:
-            keys = _codes(driver.keys) or "no options"
+            keys = (
+                ", ".join(
+                    f"`{k}`"
+                    + (f" ({'/'.join(sorted(driver.values[k]))})" if k in driver.values else "")
+                    for k in sorted(driver.keys)
+                )
+                or "no options"
+            )
             hosts = (
                 "the database file (`HANDLES_ALLOW_PATHS`)"
                 if driver.local

@@ -89,6 +89,13 @@ _LIBPQ_SAFE = frozenset(
 _LIBPQ_HOSTS = frozenset({"host", "hostaddr"})
 _LIBPQ_CONNINFO = frozenset({"conninfo", "dsn"})
 _LIBPQ_UNKNOWN = frozenset({"service", "servicefile"})
+# From data, these may make a connection stricter, never weaker (no TLS off, no downgrade).
+_TLS_MODES = frozenset({"prefer", "require", "verify-ca", "verify-full"})
+_LIBPQ_VALUES = {
+    "sslmode": _TLS_MODES,
+    "gssencmode": frozenset({"prefer", "require"}),
+    "channel_binding": frozenset({"prefer", "require"}),
+}
 DRIVERS = (
     Driver(
         ("postgresql", "postgresql+psycopg", "postgresql+psycopg_async", "postgresql+psycopg2"),
@@ -96,6 +103,7 @@ DRIVERS = (
         host_keys=_LIBPQ_HOSTS,
         conninfo_keys=_LIBPQ_CONNINFO,
         unknown_keys=_LIBPQ_UNKNOWN,
+        values=_LIBPQ_VALUES,
     ),
     Driver(
         ("postgresql+asyncpg",),
@@ -103,6 +111,7 @@ DRIVERS = (
         host_keys=frozenset({"host"}),
         conninfo_keys=frozenset({"dsn"}),
         unknown_keys=frozenset({"service", "passfile"}),
+        values={"ssl": _TLS_MODES},
     ),
     Driver(
         ("sqlite", "sqlite+pysqlite", "sqlite+aiosqlite"),
@@ -221,11 +230,14 @@ class _EngineSpec(Spec[E], Generic[E]):
         driver, problems = self._driver_from_data()
         if driver is None:
             return problems
-        problems += [
-            (field, refused(self.kind, "the option", name, driver.keys))
-            for field, name, _ in self._options()
-            if name not in driver.keys and not allowed(self.kind, name)
-        ]
+        for field, name, value in self._options():
+            if allowed(self.kind, name):
+                continue
+            if name not in driver.keys:
+                problems.append((field, refused(self.kind, "the option", name, driver.keys)))
+            elif name in driver.values and str(value).lower() not in driver.values[name]:
+                shown = f"{name}={value}"
+                problems.append((field, refused(self.kind, "", shown, driver.values[name])))
         if driver.local:
             return problems + path_problems([("url", self._sqlite_path())])
         return problems + host_problems(
