@@ -24,7 +24,7 @@ import pickle
 import socket
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -207,22 +207,36 @@ def _service_file(folder: Path, port: int) -> Path:
     return path
 
 
+def _database_doc(port: int, spelling: str, placements: Sequence[str]) -> dict[str, Any]:
+    """One document with the unlisted host in every placement named (the first gives the URL)."""
+    base, queries, args = "", [], {}
+    for name in placements:
+        fields = DB_PLACEMENTS[name](port, spelling)
+        head, _, query = fields["url"].partition("?")
+        base = base or head
+        queries += [query] if query else []
+        args.update(fields.get("connect_args", {}))
+    doc: dict[str, Any] = {
+        "kind": "database",
+        "url": f"{base}?{'&'.join([*queries, 'connect_timeout=3'])}",
+    }
+    if args:
+        doc["connect_args"] = args
+    return doc
+
+
 def db_probe(
     pair: tuple[FakePostgres, FakePostgres],
     folder: Path,
     *,
     setting: str,
     with_secret: bool,
-    placement: str,
+    placement: str | Sequence[str],
     spelling: str,
 ) -> None:
     good, evil = pair
-    doc = {"kind": "database", **DB_PLACEMENTS[placement](good.port, spelling)}
-    doc["url"] = (
-        doc["url"].replace("/db", "/db?connect_timeout=3", 1)
-        if "?" not in doc["url"]
-        else doc["url"] + "&connect_timeout=3"
-    )
+    placements = [placement] if isinstance(placement, str) else list(placement)
+    doc = _database_doc(good.port, spelling, placements)
     if with_secret:
         doc["password"] = f"env:{SECRET_ENV}"
     env = {
@@ -234,11 +248,11 @@ def db_probe(
     with worker_env(env):
         spec, error = attempt(doc)
     PROBES["database"] += 1
-    assert SECRET.encode() not in evil.raw, f"{placement}: the secret reached {EVIL}"
+    assert SECRET.encode() not in evil.raw, f"{placements}: the secret reached {EVIL}"
     if "HANDLES_ALLOW_HOSTS" in env:
-        assert len(evil.seen) == before, f"{placement} ({setting}): {EVIL} was contacted"
+        assert len(evil.seen) == before, f"{placements} ({setting}): {EVIL} was contacted"
     leaks = [text for text in shown_texts(spec, error) if SECRET in text]
-    assert leaks == [], placement
+    assert leaks == [], placements
 
 
 @settings(
@@ -262,6 +276,34 @@ def test_no_database_spec_from_json_sends_a_secret_or_connects_where_not_allowed
         setting=setting,
         with_secret=with_secret,
         placement=placement,
+        spelling=spelling,
+    )
+
+
+COMBINED = st.lists(st.sampled_from(sorted(DB_PLACEMENTS)), min_size=2, max_size=4, unique=True)
+
+
+@settings(
+    max_examples=EXAMPLES // 2,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    setting=st.sampled_from(sorted(SETTINGS)),
+    with_secret=st.booleans(),
+    placements=COMBINED,
+    spelling=st.sampled_from(EVIL_SPELLINGS),
+)
+def test_several_placements_at_once_change_nothing(
+    pg_pair, tmp_path, *, setting, with_secret, placements, spelling
+):
+    db_probe(
+        pg_pair,
+        tmp_path,
+        setting=setting,
+        with_secret=with_secret,
+        placement=placements,
         spelling=spelling,
     )
 
@@ -598,4 +640,30 @@ def test_many_more_database_probes(pg_pair, tmp_path, *, setting, with_secret, p
 def test_many_more_file_probes(web_pair, *, setting, with_secret, placement, spelling):
     file_probe(
         web_pair, setting=setting, with_secret=with_secret, placement=placement, spelling=spelling
+    )
+
+
+@pytest.mark.load
+@settings(
+    max_examples=LOAD_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    setting=st.sampled_from(sorted(SETTINGS)),
+    with_secret=st.booleans(),
+    placements=COMBINED,
+    spelling=st.sampled_from(EVIL_SPELLINGS),
+)
+def test_many_more_combined_database_probes(
+    pg_pair, tmp_path, *, setting, with_secret, placements, spelling
+):
+    db_probe(
+        pg_pair,
+        tmp_path,
+        setting=setting,
+        with_secret=with_secret,
+        placement=placements,
+        spelling=spelling,
     )
