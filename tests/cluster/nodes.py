@@ -184,6 +184,7 @@ class RayCluster:
         self.nodes = list(nodes)
         self.cpus = cpus
         self.address = f"127.0.0.1:{free_port()}"
+        self.client_address = f"ray://127.0.0.1:{free_port()}"  # Ray Client, on the head
         # Unix socket paths must stay short: not under pytest's deep tmp folders.
         self.temp = Path(os.path.realpath("/tmp")) / f"ray-h-{free_port()}"
 
@@ -192,7 +193,8 @@ class RayCluster:
         port = self.address.rpartition(":")[2]
         head.start(
             [*self._common(head), "--head", "--port", port, "--temp-dir", str(self.temp),
-             "--ray-client-server-port", str(free_port()), "--include-dashboard", "false",
+             "--ray-client-server-port", self.client_address.rpartition(":")[2],
+             "--include-dashboard", "false",
              "--dashboard-port", str(free_port())],
             "ray",
         )  # fmt: skip

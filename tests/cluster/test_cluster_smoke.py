@@ -66,3 +66,17 @@ def test_bound_runner_on_a_running_dask_cluster_builds_closes_and_leaves_it_runn
             assert not [name for names in plugins.values() for name in names if "handles" in name]
     finally:
         cluster.stop()
+
+
+@pytest.mark.parametrize("address", ["ray://127.0.0.1:10001", None])
+def test_ray_client_is_refused_by_name(
+    address: str | None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Ray Client jobs run no worker setup hook: bind_to_workers says so instead of not building."""
+    prefect_ray = pytest.importorskip("prefect_ray", reason="needs prefect-ray")
+    from handles.integrations.prefect import bind_to_workers
+
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head.example:10001")  # what address=None uses
+    spec = MarkerSpec(folder=str(tmp_path), name="model")
+    with pytest.raises(ValueError, match=r"Ray Client jobs do not run the worker setup hook"):
+        bind_to_workers(prefect_ray.RayTaskRunner(address=address), spec)
