@@ -128,23 +128,3 @@ def test_a_worker_killed_mid_flow_is_replaced_and_the_replacement_builds_once(
 def _built_at(folder: Path, pid: int) -> int:
     (path,) = folder.glob(f"built-model-{pid}-*")
     return path.stat().st_mtime_ns
-
-
-def _built_at(folder: Path, pid: int) -> int:
-    (path,) = folder.glob(f"built-model-{pid}-*")
-    return path.stat().st_mtime_ns
-
-
-def test_through_ray_client(ray_cluster: RayCluster, prefect_api: str, tmp_path: Path) -> None:
-    """`ray://` (Ray Client): the driver runs on the head; the hook and the stop go through it."""
-    from prefect_flows import mapped
-
-    spec = MarkerSpec(folder=str(tmp_path), name="model")
-    runner = prefect_ray.RayTaskRunner(address=ray_cluster.client_address)
-    from handles.integrations.prefect import bind_to_workers
-
-    results = mapped.with_options(task_runner=bind_to_workers(runner, spec))(spec, 10)
-    assert sorted(item for *_, item in results) == list(range(10))
-    built = pids_by_event(tmp_path, "model", "built")
-    assert set(built.values()) == {1}
-    assert pids_by_event(tmp_path, "model", "closed") == built
