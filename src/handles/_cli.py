@@ -149,9 +149,56 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# What each role means, for fields whose kind gives no description of its own.
+_ROLE_DESCRIPTIONS = {
+    "identity": "identity: which object this is; part of cache_key()",
+    "placement": "placement: how this process builds or uses it; not part of cache_key()",
+}
+
+
 def _schema(args: argparse.Namespace) -> int:
-    print(json.dumps(load_kind(args.kind).model_json_schema(), indent=2))
+    print(json.dumps(_described_schema(load_kind(args.kind)), indent=2))
     return 0
+
+
+def _described_schema(kind: Any) -> dict[str, Any]:
+    """The kind's JSON schema, with a description and a default on every field that has one.
+
+    pydantic writes neither a default made by a factory (`pragmas`, `connect_args`)
+    nor a description the field was not given; a reader of the schema needs both.
+    """
+    schema: dict[str, Any] = kind.model_json_schema()
+    for name, prop in schema.get("properties", {}).items():
+        field = kind.model_fields.get(name)
+        if field is None:
+            continue
+        role = prop.get("x-handles-role")
+        if "description" not in prop and role in _ROLE_DESCRIPTIONS:
+            prop["description"] = _ROLE_DESCRIPTIONS[role]
+        if "default" not in prop and field.default_factory is not None:
+            default = _factory_default(kind, name, field)
+            if default is not None:
+                prop["default"] = default
+    return schema
+
+
+def _factory_default(kind: Any, name: str, field: Any) -> Any:
+    """What a field made by its factory holds once validated, as JSON; None if unknown.
+
+    The value a spec really gets: SqliteSpec's `pragmas` factory gives {}, and its
+    validator merges the default pragmas over it. Validators that need more than
+    the value (other fields, validation info) are not run, and then nothing is shown.
+    """
+    from pydantic_core import to_jsonable_python  # noqa: PLC0415  (only for this command)
+
+    try:
+        value = field.get_default(call_default_factory=True, validated_data={})
+        for decorator in kind.__pydantic_decorators__.field_validators.values():
+            if name in decorator.info.fields and decorator.info.mode == "after":
+                value = decorator.func(value)
+        return to_jsonable_python(value)
+    except Exception:
+        return None
 
 
 def _kinds(args: argparse.Namespace) -> int:
