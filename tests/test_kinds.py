@@ -81,6 +81,8 @@ def test_a_subclass_inheriting_a_taken_kind_is_a_second_claim():
 # process first makes an empty class on the same bases, which inherits the base's kind.
 SUBCLASS_KIND_SCRIPT = """
 import json
+import subprocess
+import sys
 from typing import Annotated, Literal
 
 import cloudpickle
@@ -104,11 +106,22 @@ class LoudGreetingSpec(GreetingSpec):
         return super().build().upper()
 
 
+WORKER = (
+    "import json, sys, cloudpickle, handles\\n"
+    "spec = cloudpickle.loads(sys.stdin.buffer.read())\\n"
+    "again = handles.spec_from_json(spec.model_dump_json())\\n"
+    "print(json.dumps([type(again) is type(spec), again.cache_key(), again.get()]))\\n"
+)
+
 spec = LoudGreetingSpec(name="ada")
 classes = cloudpickle.loads(cloudpickle.dumps((GreetingSpec, LoudGreetingSpec)))
 copy = cloudpickle.loads(cloudpickle.dumps(spec))
 testing.check_pickle(spec)
 testing.check_key_stable_across_processes(spec)  # by value into two fresh interpreters
+# A worker that never defined the classes: they arrive by value, and name their kinds there.
+worker = subprocess.run(
+    [sys.executable, "-c", WORKER], input=cloudpickle.dumps(spec), capture_output=True, check=True
+)
 try:
 
     class Impostor(GreetingSpec):  # a real second class: inherits the taken kind
@@ -123,6 +136,8 @@ print(json.dumps({
     "copy": [copy == spec, type(copy) is LoudGreetingSpec, copy.get()],
     "kinds": [handles.load_kind(k).__name__ for k in ("test-greeting", "test-loud-greeting")],
     "impostor": impostor,
+    "worker": json.loads(worker.stdout),
+    "key": spec.cache_key(),
 }))
 """
 
@@ -142,7 +157,9 @@ def test_kinds_defined_in_main_round_trip_through_cloudpickle_in_the_same_proces
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {
+    out = json.loads(done.stdout)
+    assert out.pop("worker") == [True, out.pop("key"), "HELLO ADA"]
+    assert out == {
         "same classes": True,
         "copy": [True, True, "HELLO ADA"],
         "kinds": ["GreetingSpec", "LoudGreetingSpec"],

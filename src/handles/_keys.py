@@ -96,11 +96,16 @@ def _canonical(value: Any) -> Any:
 
 def _dumped(value: Any, source: Any) -> Any:
     """`value`, pydantic's dump of `source`, in canonical form (see `canonical`)."""
+    kind = type(value)
+    if kind in _AS_THEY_ARE:  # the common case first: every dump walks each field
+        return value
+    if kind is str:
+        return value if type(source) is str else _dumped_scalar(value, source)
     if isinstance(value, float):
         return _float(value)
     if isinstance(value, str):
         return _dumped_scalar(value, source)
-    if isinstance(value, Mapping):
+    if isinstance(value, dict | Mapping):
         pairs = _paired_items(value, source)
         return {str(k): _dumped(value[k], pairs.get(k, _NO_SOURCE)) for k in sorted(value, key=str)}
     if isinstance(value, list | tuple):
@@ -117,6 +122,9 @@ def _dumped(value: Any, source: Any) -> Any:
     if isinstance(value, PurePath):
         return value.as_posix()
     return value  # numbers, bools, None; and in Python mode sets, decimals, datetimes as they are
+
+
+_AS_THEY_ARE = frozenset({int, bool, type(None)})
 
 
 def _paired_items(value: Mapping[Any, Any], source: Any) -> dict[Any, Any]:

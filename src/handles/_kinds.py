@@ -240,9 +240,29 @@ def _rebuilt_by_cloudpickle() -> bool:
     return False
 
 
+def _rebuilt_here(name: str) -> type[Spec[Any]] | None:
+    """A public class named `name` that cloudpickle rebuilt in this process, now registered.
+
+    In a process that never defined it, a kind pickled by value arrives as a
+    class defined empty (see register_class) whose `kind` was set afterwards:
+    known from its first use by name, as a class defined here is.
+    """
+    if name in BUILTIN:
+        return None
+    for cls in list(_spec_classes):
+        if (
+            cls.model_fields["kind"].default == name  # type: ignore[attr-defined]
+            and not cls.__name__.startswith("_")
+            and not _inherits_kind(cls, name)
+        ):
+            with _lock:
+                return _classes.setdefault(name, cls)
+    return None
+
+
 def load_kind(name: str) -> type[Spec[Any]]:
     """The Spec class for `name`, importing its module if needed."""
-    cls = _classes.get(name)  # register_class keeps built-in names for built-in classes
+    cls = _classes.get(name) or _rebuilt_here(name)  # built-in names mean built-in classes
     if cls is not None:
         return cls
     info = _known.get(name)
