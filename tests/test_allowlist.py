@@ -159,6 +159,8 @@ def test_a_secret_with_no_host_is_refused_even_when_allowed(monkeypatch):
         ("evil.example,db.internal", "*.internal", False),  # a list is never one host
         ("db.internal evil", "db.internal*", False),
         ("DB.Internal", "db.internal", True),
+        ("10.evil.example", "10.*", False),  # an address pattern never matches a name
+        ("0x0a.1", "10.*", True),
     ],
 )
 def test_hosts_match_as_resolvers_read_them(host, pattern, matches):

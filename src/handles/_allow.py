@@ -210,7 +210,13 @@ def host_matches(host: str, pattern: str) -> bool:
     have = canonical_host(host)
     if not any(c in want for c in "*?["):
         return have == canonical_host(want)
+    if _ADDRESS_PATTERN.fullmatch(want) and not _DOTTED_QUAD.fullmatch(have):
+        return False  # "10.*" names addresses: never the DNS name 10.evil.example
     return fnmatchcase(have, want.lower())
+
+
+_ADDRESS_PATTERN = re.compile(r"[0-9.*?]+")
+_DOTTED_QUAD = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 
 
 # -- libpq connection strings ----------------------------------------------------------
