@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import importlib
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 import handles
@@ -435,3 +438,17 @@ def test_from_data_tls_can_be_made_stricter_never_turned_off(monkeypatch, *, que
         handles.spec_from_json(doc)
     monkeypatch.setenv("HANDLES_ALLOW_OPTIONS", f"database:{key}")  # the worker's choice
     assert handles.spec_from_json(doc).kind == "database"
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from([*"0123456789.x", "0x", "7f", "ff", "::", ":"]), max_size=12))
+def test_numeric_hosts_are_read_as_the_resolver_reads_them(parts):
+    # What getaddrinfo (libpq, aiohttp, botocore) makes of a numeric host is what the check
+    # compares; never a DNS query (AI_NUMERICHOST).
+    text = "".join(parts)
+    try:
+        found = socket.getaddrinfo(text, None, flags=socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError):
+        return
+    address = str(found[0][4][0])
+    assert canonical_host(text) == canonical_host(address), (text, address)
