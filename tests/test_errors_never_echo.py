@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import traceback
-from typing import Any
+from typing import Any, Literal
 
 import pytest
+from pydantic import field_validator
 
-from handles import SpecError
+from handles import Spec, SpecError
 from handles._kinds import known_kinds, load_kind
 from handles.specs._sqlite_pragmas import DEFAULT_PRAGMAS
 
@@ -151,3 +152,39 @@ def test_the_documented_example_still_names_the_field():
     assert str(caught.value) == (
         "SqliteSpec.pragmas: synchronous must be one of off, normal, full, extra"
     )
+
+
+class QuotingSpec(Spec[str]):
+    """A third-party kind whose validators quote what they were given."""
+
+    kind: Literal["test-quoting-validators"] = "test-quoting-validators"
+    name: str
+    tags: dict[str, str] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, value: str) -> str:
+        raise ValueError(f"{value!r} is not a name I know")
+
+    @field_validator("tags")
+    @classmethod
+    def _known_tags(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        raise ValueError(f"bad tags {value}")
+
+    def build(self) -> str:
+        return self.name
+
+
+def test_a_third_party_validator_that_quotes_its_value_is_cut_short():
+    document = json.dumps({"kind": "test-quoting-validators", "name": S, "tags": {"t": S}})
+    for make in (
+        lambda: QuotingSpec(name=S, tags={"t": S}),
+        lambda: QuotingSpec.model_validate_json(document),
+    ):
+        with pytest.raises(SpecError) as caught:
+            make()
+        assert S not in exposed(caught.value)
+        assert str(caught.value).splitlines() == [
+            "QuotingSpec.name: '...' is not a name I know",
+            "  QuotingSpec.tags: bad tags {'t': '...'}",
+        ]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ class SpecError(HandlesError, ValueError):
     @classmethod
     def from_validation(cls, kind: str, exc: ValidationError) -> SpecError:
         problems: list[tuple[str, str]] = []
-        for err in exc.errors(include_input=False, include_url=False):
+        for err in exc.errors(include_url=False):
             inner = err.get("ctx", {}).get("error")
             if isinstance(inner, SpecError):
                 # Raised by a spec's own __init__, which pydantic runs inside
@@ -87,8 +87,39 @@ class SpecError(HandlesError, ValueError):
             message = err["msg"]
             # pydantic prefixes messages of ValueErrors raised in validators.
             message = message.removeprefix("Value error, ")
-            problems.append((field, message))
+            problems.append((field, _without_input(message, err)))
         return cls(kind, problems)
+
+
+# Shorter values are left: too likely to be words of the message itself ("cpu").
+_ECHO_MIN_CHARS = 4
+
+
+def _without_input(message: str, error: Mapping[str, Any]) -> str:
+    """`message` with the field's values cut out, should a validator have quoted one.
+
+    Validation errors never echo input (it may hold a secret), and not every kind's
+    validators are ours. Only for a field's error: a model-wide one's input is the
+    whole document, whose every value could match the message's own words.
+    """
+    if not error.get("loc"):
+        return message
+    values: list[str] = []
+    stack, seen = [error.get("input")], 0
+    while stack and seen < 1000:  # bounded: inputs may be huge or deep
+        item = stack.pop()
+        seen += 1
+        if isinstance(item, Mapping):
+            stack.extend(item.values())  # keys are names (a pragma, an option): kept
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+        elif isinstance(item, str | int | float) and not isinstance(item, bool):
+            text = str(item)
+            if len(text) >= _ECHO_MIN_CHARS:
+                values.append(text)
+    for text in sorted(set(values), key=len, reverse=True):
+        message = message.replace(text, "...")
+    return message
 
 
 class BuildError(HandlesError):

@@ -236,7 +236,7 @@ class _EngineSpec(Spec[E], Generic[E]):
             if name not in driver.keys:
                 problems.append((field, refused(self.kind, "the option", name, driver.keys)))
             elif name in driver.values and str(value).lower() not in driver.values[name]:
-                shown = f"{name}={value}"
+                shown = f"{name}=..."  # never the value: errors do not echo input
                 problems.append((field, refused(self.kind, "", shown, driver.values[name])))
         if driver.local:
             return problems + path_problems([("url", self._sqlite_path())])
