@@ -186,3 +186,15 @@ def bench(session: nox.Session) -> None:
     """
     install(session, "-e", ".[all,dev]", "matplotlib", *PRETRAINED)
     session.run("python", "bench/report.py", *session.posargs, env=prefect_env())
+
+
+@nox.session
+def mutation(session: nox.Session) -> None:
+    """Break each critical line in tools/mutations.toml and run the tests that must fail.
+
+    Works on a temporary copy, never the checkout; prints a score per group and
+    fails if a broken line goes unnoticed. `-- --rev HEAD` measures a commit,
+    `-- --only registry` one group, `-- --check` only finds the lines.
+    """
+    install(session, "-e", ".[all,dev]")
+    session.run("python", "tools/mutation.py", *session.posargs, env=prefect_env())
