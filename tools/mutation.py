@@ -192,11 +192,13 @@ def run_tests(copy: Copy, tests: list[str], timeout: float) -> tuple[str, str, f
     last = lines[-1] if lines else ""
     if process.returncode == 0 and re.search(r"\b\d+ passed\b", last):
         return "passed", last, seconds
+    if process.returncode != 0 and "Timeout >" in output:  # pytest-timeout stopped a test
+        # A test stuck on the broken line (a deadlock, say) noticed it, whichever way
+        # pytest-timeout then ends the run (it can end in an internal error).
+        return "timeout", last, seconds
     if process.returncode == 1:
-        timed_out = "Timeout >" in output  # pytest-timeout's message
         failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", output, re.MULTILINE)
-        by = f"by {failed[0]}" if failed else last
-        return ("timeout" if timed_out else "failed"), by, seconds
+        return "failed", (f"by {failed[0]}" if failed else last), seconds
     # 0 with nothing passed (all skipped), 2 interrupted, 3 internal, 4 usage, 5 nothing collected
     return "error", f"exit status {process.returncode}: {last}", seconds
 
