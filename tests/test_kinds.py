@@ -68,6 +68,105 @@ def test_two_classes_cannot_claim_one_kind():
             kind: Literal["test-echo"] = "test-echo"
 
 
+def test_a_subclass_inheriting_a_taken_kind_is_a_second_claim():
+    claimed = r"'test-echo' is already defined by support\.kinds\.EchoSpec"
+    with pytest.raises(TypeError, match=claimed):
+
+        class QuietEcho(EchoSpec):  # declares no kind: claims EchoSpec's
+            pass
+
+
+# A kind and a kind subclassing it, both in __main__ (a notebook, a script run with a
+# process pool): cloudpickle sends them by value, and rebuilding them in the same
+# process first makes an empty class on the same bases, which inherits the base's kind.
+SUBCLASS_KIND_SCRIPT = """
+import json
+import subprocess
+import sys
+from typing import Annotated, Literal
+
+import cloudpickle
+
+import handles
+from handles import Identity, Spec, testing
+
+
+class GreetingSpec(Spec[str]):
+    kind: Literal["test-greeting"] = "test-greeting"
+    name: Annotated[str, Identity]
+
+    def build(self) -> str:
+        return "hello " + self.name
+
+
+class LoudGreetingSpec(GreetingSpec):
+    kind: Literal["test-loud-greeting"] = "test-loud-greeting"
+
+    def build(self) -> str:
+        return super().build().upper()
+
+
+WORKER = (
+    "import json, sys, cloudpickle, handles\\n"
+    "spec = cloudpickle.loads(sys.stdin.buffer.read())\\n"
+    "again = handles.spec_from_json(spec.model_dump_json())\\n"
+    "print(json.dumps([type(again) is type(spec), again.cache_key(), again.get()]))\\n"
+)
+
+spec = LoudGreetingSpec(name="ada")
+classes = cloudpickle.loads(cloudpickle.dumps((GreetingSpec, LoudGreetingSpec)))
+copy = cloudpickle.loads(cloudpickle.dumps(spec))
+testing.check_pickle(spec)
+testing.check_key_stable_across_processes(spec)  # by value into two fresh interpreters
+# A worker that never defined the classes: they arrive by value, and name their kinds there.
+worker = subprocess.run(
+    [sys.executable, "-c", WORKER], input=cloudpickle.dumps(spec), capture_output=True, check=True
+)
+try:
+
+    class Impostor(GreetingSpec):  # a real second class: inherits the taken kind
+        pass
+
+except TypeError as exc:
+    impostor = str(exc)
+else:
+    impostor = "defined"
+print(json.dumps({
+    "same classes": classes == (GreetingSpec, LoudGreetingSpec),
+    "copy": [copy == spec, type(copy) is LoudGreetingSpec, copy.get()],
+    "kinds": [handles.load_kind(k).__name__ for k in ("test-greeting", "test-loud-greeting")],
+    "impostor": impostor,
+    "worker": json.loads(worker.stdout),
+    "key": spec.cache_key(),
+}))
+"""
+
+
+def test_kinds_defined_in_main_round_trip_through_cloudpickle_in_the_same_process(
+    tmp_path, subprocess_env
+):
+    pytest.importorskip("cloudpickle")
+    script = tmp_path / "greetings.py"
+    script.write_text(SUBCLASS_KIND_SCRIPT, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out.pop("worker") == [True, out.pop("key"), "HELLO ADA"]
+    assert out == {
+        "same classes": True,
+        "copy": [True, True, "HELLO ADA"],
+        "kinds": ["GreetingSpec", "LoudGreetingSpec"],
+        "impostor": "spec kind 'test-greeting' is already defined by __main__.GreetingSpec",
+    }
+
+
 def test_third_party_kind_from_an_entry_point(tmp_path):
     # A real installed-distribution layout: a module and a dist-info with entry_points.txt.
     (tmp_path / "thirdparty_kind.py").write_text(

@@ -197,3 +197,56 @@ def test_a_secret_reference_value_shows_nowhere(source, pg, tmp_path, monkeypatc
     assert [text for text in shown if value in text] == []
     where = reference.partition(":")[2]
     assert any(where in text for text in shown), "where it lives is shown"
+
+
+# -- scrubbing: a resolved value never leaves a build in an error's text ----------------------
+
+SCRUBBED = "scrubbed-value-77ab"
+
+
+class _Stubborn(Exception):
+    """A dependency's error whose text comes from an attribute, not from args."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("stubborn")
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"failed with {self.detail}"
+
+
+@pytest.mark.parametrize(
+    "raise_it",
+    [
+        lambda: (_ for _ in ()).throw(ValueError(f"unknown protocol {SCRUBBED}")),
+        lambda: (_ for _ in ()).throw(OSError(2, "No such file", f"/mnt/{SCRUBBED}/x")),
+        lambda: (_ for _ in ()).throw(_Stubborn(SCRUBBED)),
+    ],
+    ids=["args", "OSError filename", "own __str__"],
+)
+def test_scrubbed_replaces_a_value_with_its_reference(raise_it):
+    from handles._secrets import SecretRef, scrubbed
+
+    refs = {"token": SecretRef(env="HANDLES_TEST_TOKEN")}
+    with (
+        pytest.raises((ValueError, OSError, RuntimeError)) as info,
+        scrubbed(refs, {"token": SCRUBBED}),
+    ):
+        raise_it()
+    text = "".join(traceback.format_exception(info.value))
+    assert SCRUBBED not in text
+    assert "<env:HANDLES_TEST_TOKEN>" in text
+
+
+def test_scrubbed_cleans_the_whole_chain():
+    from handles._secrets import SecretRef, scrubbed
+
+    def fail() -> None:
+        try:
+            raise ValueError(f"inner {SCRUBBED}")
+        except ValueError as exc:
+            raise KeyError(f"outer {SCRUBBED}") from exc
+
+    with pytest.raises(KeyError) as info, scrubbed({"t": SecretRef(env="X")}, {"t": SCRUBBED}):
+        fail()
+    assert SCRUBBED not in "".join(traceback.format_exception(info.value))

@@ -190,7 +190,7 @@ _CASES = [
         lambda t: DatabaseSpec(url="htp://db.invalid/sales"),
         "url",
         "construct",
-        "unknown database dialect 'htp'",
+        "unknown database dialect;",
     ),
     Bad(
         "db-bad-port",

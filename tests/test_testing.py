@@ -7,6 +7,7 @@ Every broken kind below makes one mistake a plugin author could make (forgetting
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import pytest
-from pydantic import PrivateAttr, field_serializer, field_validator
+from pydantic import Field, PrivateAttr, field_serializer, field_validator
 
 from handles import BuildError, Identity, Placement, Scope, Spec, testing
 
@@ -156,6 +157,123 @@ def test_canonical_dump_fails_for_a_validator_that_is_not_idempotent(words):
         testing.check_canonical_dump(TaggedLexiconSpec(path=words))
 
 
+# -- input order: a fingerprint that follows the order its input came in ----------------
+
+
+class SourcesLexiconSpec(LexiconSpec):
+    kind: Literal["testing-sources-lexicon"] = "testing-sources-lexicon"  # type: ignore[assignment]
+    sources: Annotated[dict[str, str], Identity] = Field(default_factory=dict)  # label -> file
+
+    def fingerprint(self) -> Any:
+        # The mistake: sizes listed in the dict's order, which is the caller's.
+        return [Path(p).stat().st_size for p in self.sources.values()]
+
+
+class FilesLexiconSpec(LexiconSpec):
+    kind: Literal["testing-files-lexicon"] = "testing-files-lexicon"  # type: ignore[assignment]
+    files: Annotated[frozenset[str], Identity] = frozenset()
+
+    def fingerprint(self) -> Any:
+        # The same mistake with a set: its iteration order, which insertion and hash seed move.
+        return [Path(p).stat().st_size for p in self.files]
+
+
+def test_input_order_fails_for_a_fingerprint_in_dict_order(words, tmp_path):
+    sources = {}
+    for label, text in (("a", "x"), ("b", "yy")):
+        (tmp_path / label).write_text(text, encoding="utf-8")
+        sources[label] = str(tmp_path / label)
+    spec = SourcesLexiconSpec(path=words, sources=sources)
+    with broken("input order", "built with its dict keys and set items in reversed order"):
+        testing.check_input_order(spec)
+
+
+def files_whose_set_order_follows_insertion(folder: Path) -> list[str]:
+    """Files of distinct sizes whose frozenset iterates differently when built backwards."""
+    paths: list[str] = []
+    for size in range(1, 400):
+        path = folder / f"file{size}"
+        path.write_text("x" * size, encoding="utf-8")
+        paths.append(str(path))
+        ordered = sorted(paths, key=json.dumps)
+        if list(frozenset(ordered)) != list(frozenset(reversed(ordered))):
+            return paths
+    raise AssertionError("no two insertion orders gave two iteration orders")
+
+
+def test_input_order_fails_for_a_fingerprint_in_set_order(words, tmp_path):
+    files = files_whose_set_order_follows_insertion(tmp_path)
+    spec = FilesLexiconSpec(path=words, files=files)
+    with broken("input order", "cache_key() of a FilesLexiconSpec built with its dict keys"):
+        testing.check_input_order(spec)
+
+
+def test_input_order_passes_a_kind_whose_dicts_and_sets_only_reach_the_key_through_its_dump(
+    words, tmp_path
+):
+    files = files_whose_set_order_follows_insertion(tmp_path)
+    spec = TaggedLexiconSpec(path=words, tags=("b", "a"))  # a tuple: its order is meaning
+    testing.check_input_order(spec)
+    testing.check_input_order(SetLexiconSpec(path=words, files=files, labels={"b": 1, "a": 2}))
+
+
+class SetLexiconSpec(LexiconSpec):
+    kind: Literal["testing-set-lexicon"] = "testing-set-lexicon"  # type: ignore[assignment]
+    files: Annotated[frozenset[str], Identity] = frozenset()
+    labels: Annotated[dict[str, int], Identity] = Field(default_factory=dict)
+
+
+# -- canonical fingerprint: JSON text written in whatever order a dict came in --------------
+
+
+class MetaLexiconSpec(LexiconSpec):
+    kind: Literal["testing-meta-lexicon"] = "testing-meta-lexicon"  # type: ignore[assignment]
+
+    def fingerprint(self) -> Any:
+        # The mistake: the sidecar's metadata dumped without sort_keys, so the same
+        # metadata written out in another order moves every key.
+        meta = json.loads(Path(self.path + ".meta.json").read_text(encoding="utf-8"))
+        return json.dumps(meta)
+
+
+class OptionsLexiconSpec(LexiconSpec):
+    kind: Literal["testing-options-lexicon"] = "testing-options-lexicon"  # type: ignore[assignment]
+    options: Annotated[dict[str, str], Identity] = Field(default_factory=dict)
+
+    def fingerprint(self) -> Any:
+        return json.dumps(self.options)  # the mistake: no sort_keys
+
+
+def test_canonical_fingerprint_fails_for_json_text_with_unsorted_keys(words):
+    Path(words + ".meta.json").write_text('{"version": "2", "lang": "en"}', encoding="utf-8")
+    with broken("canonical fingerprint", "JSON text whose keys are not sorted (version, lang)"):
+        testing.check_fingerprint(MetaLexiconSpec(path=words))
+
+
+def test_a_fingerprint_dumping_a_dict_field_fails_even_when_the_spec_is_written_in_order(words):
+    spec = OptionsLexiconSpec(path=words, options={"a": "1", "b": "2"})  # sorted as written
+    assert (
+        spec.cache_key()
+        == OptionsLexiconSpec.model_validate_json(spec.model_dump_json()).cache_key()
+    )
+    with broken("canonical fingerprint", "JSON text whose keys are not sorted (b, a)"):
+        testing.check_fingerprint(spec)
+    with broken("input order", "cache_key()"):
+        testing.check_input_order(spec)
+
+
+class NoJsonFingerprintSpec(LexiconSpec):
+    kind: Literal["testing-no-json-fingerprint"] = "testing-no-json-fingerprint"  # type: ignore[assignment]
+
+    def fingerprint(self) -> Any:
+        return {"size": float("nan")}  # the mistake: no JSON form
+
+
+def test_canonical_fingerprint_fails_for_data_with_no_json_form(words):
+    with broken("canonical fingerprint", "no JSON form"):
+        testing.check_fingerprint(NoJsonFingerprintSpec(path=words))
+
+
 # -- roles: what the object is, marked as where it lives ----------------------------
 
 
@@ -270,6 +388,7 @@ def _empty_caches() -> Iterator[None]:
     yield
     _OPEN.clear()
     _GAVE_UP.clear()
+    _SHARED.clear()
 
 
 def test_single_flight_fails_for_thread_objects_shared_across_threads(words):
@@ -294,6 +413,37 @@ def test_fork_fails_when_the_parents_object_stops_working(words):
 
     with broken("fork", "stopped working after a child ran: RuntimeError"):
         testing.check_fork(LexiconSpec(path=words), alive=closed_meanwhile)
+
+
+# -- one object per event loop: a loop-scoped kind that shares one object -----------------
+
+_SHARED: dict[str, Lexicon] = {}
+
+
+class LoopLexiconSpec(LexiconSpec):
+    kind: Literal["testing-loop-lexicon"] = "testing-loop-lexicon"  # type: ignore[assignment]
+    scope: ClassVar[Scope] = "loop"
+
+
+class SharedLoopLexiconSpec(LoopLexiconSpec):
+    kind: Literal["testing-shared-loop-lexicon"] = "testing-shared-loop-lexicon"  # type: ignore[assignment]
+
+    async def abuild(self) -> Lexicon:
+        if self.path not in _SHARED:  # "one lexicon is enough": but each loop needs its own
+            _SHARED[self.path] = self.build()
+        return _SHARED[self.path]
+
+
+def test_one_object_per_loop_fails_for_a_kind_sharing_one_object(words):
+    with broken("one object per event loop", "two event loops got one Lexicon"):
+        testing.check_one_object_per_loop(SharedLoopLexiconSpec(path=words))
+
+
+def test_one_object_per_loop_passes_a_loop_scoped_kind_and_restores_its_methods(words):
+    testing.check_one_object_per_loop(LoopLexiconSpec(path=words))
+    assert "ateardown" not in LoopLexiconSpec.__dict__
+    assert "teardown" not in LoopLexiconSpec.__dict__
+    testing.check_one_object_per_loop(LexiconSpec(path=words))  # process scope: nothing to do
 
 
 # -- failure not cached: giving up for good, and hiding the cause ----------------------

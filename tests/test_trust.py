@@ -23,7 +23,14 @@ from support.fake_pg import FakePostgres
 pytest.importorskip("sqlalchemy")
 pytest.importorskip("psycopg")
 
-SETTINGS = ("HANDLES_ALLOW_SECRETS", "HANDLES_ALLOW_HOSTS", "HANDLES_ALLOW_PICKLE_WEIGHTS")
+SETTINGS = (
+    "HANDLES_ALLOW_SECRETS",
+    "HANDLES_ALLOW_HOSTS",
+    "HANDLES_ALLOW_PICKLE_WEIGHTS",
+    "HANDLES_ALLOW_OPTIONS",
+    "HANDLES_ALLOW_PATHS",
+    "HANDLES_ALLOW_ARCHIVES",
+)
 FILE_SECRET = "file-secret-value-7f3a"
 ENV_SECRET = "env-secret-value-91c2"
 
@@ -162,6 +169,8 @@ def test_specs_made_in_python_are_trusted(pg, secret_file):
     ids=["url host", "host= in the query", "connect_args host"],
 )
 def test_with_a_host_list_json_reaches_only_listed_hosts(doc, field, monkeypatch):
+    # host= is not on the allow-list: the worker allows it, and the host check still applies.
+    monkeypatch.setenv("HANDLES_ALLOW_OPTIONS", "database:host")
     monkeypatch.setenv("HANDLES_ALLOW_HOSTS", "db.internal")
     with pytest.raises(SpecError) as info:
         handles.spec_from_json({"kind": "database", **doc})

@@ -6,6 +6,7 @@
     handles check MODULE:FUNCTION       preflight a call's arguments (see `handles check --help`)
 
 Errors print one line naming the problem and exit with status 2; no tracebacks.
+A reader that closes the pipe early (`| head`) ends the command quietly with status 141.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from handles._kinds import known_kinds, load_kind, spec_from_json
 from handles.exceptions import HandlesError
@@ -24,12 +26,24 @@ from handles.exceptions import HandlesError
 # The CLI sits on top of everything, so it may reach into the integrations.
 from handles.integrations.preflight import check_inputs
 
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
+# 128 + SIGPIPE (13 on every POSIX system): what a shell reports for `yes | head -1`.
+_SIGPIPE_STATUS = 141
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
-        return int(args.run(args))
+        try:
+            args = parser.parse_args(argv)
+            return int(args.run(args))
+        finally:
+            # Flush here, not at exit, so a reader that left early is seen below.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        return _reader_left()
     except HandlesError as exc:
         return _fail(str(exc))
     except Exception as exc:  # bad input must never end in a traceback
@@ -39,6 +53,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.exit(_fail(f"{message} (see handles --help)"))
+
+    def print_help(self, file: SupportsWrite[str] | None = None) -> None:
+        # argparse drops write errors; a closed pipe must reach main() like any output.
+        (file or sys.stdout).write(self.format_help())
+
+
+def _reader_left() -> int:
+    # `handles schema sqlite | head -3`: the reader closed the pipe, so stop quietly,
+    # as `cat` does, with the status a shell gives a command ended by SIGPIPE.
+    # Point stdout at /dev/null so the interpreter's flush at exit cannot fail again.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file (replaced, or closed)
+        pass
+    return _SIGPIPE_STATUS
 
 
 def _fail(message: str) -> int:
@@ -118,9 +149,56 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# What each role means, for fields whose kind gives no description of its own.
+_ROLE_DESCRIPTIONS = {
+    "identity": "identity: which object this is; part of cache_key()",
+    "placement": "placement: how this process builds or uses it; not part of cache_key()",
+}
+
+
 def _schema(args: argparse.Namespace) -> int:
-    print(json.dumps(load_kind(args.kind).model_json_schema(), indent=2))
+    print(json.dumps(_described_schema(load_kind(args.kind)), indent=2))
     return 0
+
+
+def _described_schema(kind: Any) -> dict[str, Any]:
+    """The kind's JSON schema, with a description and a default on every field that has one.
+
+    pydantic writes neither a default made by a factory (`pragmas`, `connect_args`)
+    nor a description the field was not given; a reader of the schema needs both.
+    """
+    schema: dict[str, Any] = kind.model_json_schema()
+    for name, prop in schema.get("properties", {}).items():
+        field = kind.model_fields.get(name)
+        if field is None:
+            continue
+        role = prop.get("x-handles-role")
+        if "description" not in prop and role in _ROLE_DESCRIPTIONS:
+            prop["description"] = _ROLE_DESCRIPTIONS[role]
+        if "default" not in prop and field.default_factory is not None:
+            default = _factory_default(kind, name, field)
+            if default is not None:
+                prop["default"] = default
+    return schema
+
+
+def _factory_default(kind: Any, name: str, field: Any) -> Any:
+    """What a field made by its factory holds once validated, as JSON; None if unknown.
+
+    The value a spec really gets: SqliteSpec's `pragmas` factory gives {}, and its
+    validator merges the default pragmas over it. Validators that need more than
+    the value (other fields, validation info) are not run, and then nothing is shown.
+    """
+    from pydantic_core import to_jsonable_python  # noqa: PLC0415  (only for this command)
+
+    try:
+        value = field.get_default(call_default_factory=True, validated_data={})
+        for decorator in kind.__pydantic_decorators__.field_validators.values():
+            if name in decorator.info.fields and decorator.info.mode == "after":
+                value = decorator.func(value)
+        return to_jsonable_python(value)
+    except Exception:
+        return None
 
 
 def _kinds(args: argparse.Namespace) -> int:

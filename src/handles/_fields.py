@@ -7,6 +7,8 @@ Mark a field in its definition::
 
 A field with no marker is identity: a wrongly excluded field would make two
 different resources share a cache entry, a wrongly included one only costs a miss.
+Every field's JSON schema says its role as `x-handles-role`, marked or not
+(`kind` is identity too: it enters every key).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import GetJsonSchemaHandler
+from pydantic.config import JsonDict
 from pydantic.fields import FieldInfo
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
@@ -56,3 +59,18 @@ def split_roles(fields: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...
     identity = tuple(name for name, f in fields.items() if role_of(f) == "identity")
     placement = tuple(name for name, f in fields.items() if role_of(f) == "placement")
     return identity, placement
+
+
+def mark_roles(schema: JsonDict, model: type[Any]) -> None:
+    """`json_schema_extra` for specs: `x-handles-role` on every property.
+
+    A marker writes its role where its field's schema is made; a field without
+    one is identity (`role_of`) but would show no role, so it is written here.
+    """
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        return
+    for name, field in getattr(model, "model_fields", {}).items():
+        prop = properties.get(field.alias or name)
+        if isinstance(prop, dict):
+            prop.setdefault("x-handles-role", role_of(field))

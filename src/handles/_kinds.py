@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import sys
 import threading
 import weakref
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from importlib.metadata import entry_points
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
+from handles._keys import refuse_unkeyable_fields
 from handles.exceptions import DISTRIBUTION, MissingDependencyError, SpecError
 
 if TYPE_CHECKING:
@@ -141,6 +143,9 @@ _known: dict[str, KindInfo] = dict(BUILTIN)
 _classes: dict[str, type[Spec[Any]]] = {}
 _lock = threading.Lock()
 _spec_classes: weakref.WeakSet[type] = weakref.WeakSet()
+# From register_class up to cloudpickle's class factory: the metaclass, pydantic's
+# __init_subclass__ hooks and types.new_class lie between, a dozen frames at most.
+_SKELETON_FRAMES = 24
 
 
 def known_kinds() -> Mapping[str, KindInfo]:
@@ -175,11 +180,22 @@ def register_kind(
 
 
 def register_class(cls: type[Spec[Any]]) -> None:
-    """Called for every Spec subclass as it is defined; those naming a kind become known."""
+    """Called for every Spec subclass as it is defined; those naming a kind become known.
+
+    A field type with no canonical JSON form is a TypeError here (handles._keys).
+    """
+    refuse_unkeyable_fields(cls)
     _spec_classes.add(cls)
     name = cls.model_fields["kind"].default
     if not isinstance(name, str):
         return  # a base for kinds, not a kind
+    if _inherits_kind(cls, name) and _rebuilt_by_cloudpickle():
+        # cloudpickle makes a class by value in two steps: an empty class on the
+        # same bases (defined here, so it inherits its base's kind), then its own
+        # namespace, `kind` included, set on it. The first step is no claim to
+        # the base's name; the class it becomes is the one already known, or
+        # (in a fresh process) one that arrives with its specs.
+        return
     builtin = BUILTIN.get(name)
     if builtin is not None and builtin.target != _target(cls):
         raise TypeError(
@@ -198,9 +214,55 @@ def register_class(cls: type[Spec[Any]]) -> None:
         _classes[name] = cls
 
 
+def _inherits_kind(cls: type, name: str) -> bool:
+    """Whether `cls` declares no kind of its own: a base class already named `name`."""
+    return any(
+        base in _spec_classes and base.model_fields["kind"].default == name  # type: ignore[attr-defined]
+        for base in cls.__mro__[1:]
+    )
+
+
+def _rebuilt_by_cloudpickle() -> bool:
+    """Whether the class being defined is cloudpickle's skeleton of a class pickled by value.
+
+    Its `_make_skeleton_class` (also in Ray's vendored copy) defines the class;
+    nothing else about the empty class tells it from `class Sub(Kind): pass`.
+    """
+    frame = sys._getframe(1)
+    for _ in range(_SKELETON_FRAMES):
+        if frame is None:
+            return False
+        if frame.f_code.co_name == "_make_skeleton_class" and "cloudpickle" in str(
+            frame.f_globals.get("__name__")
+        ):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+def _rebuilt_here(name: str) -> type[Spec[Any]] | None:
+    """A public class named `name` that cloudpickle rebuilt in this process, now registered.
+
+    In a process that never defined it, a kind pickled by value arrives as a
+    class defined empty (see register_class) whose `kind` was set afterwards:
+    known from its first use by name, as a class defined here is.
+    """
+    if name in BUILTIN:
+        return None
+    for cls in list(_spec_classes):
+        if (
+            cls.model_fields["kind"].default == name  # type: ignore[attr-defined]
+            and not cls.__name__.startswith("_")
+            and not _inherits_kind(cls, name)
+        ):
+            with _lock:
+                return _classes.setdefault(name, cls)
+    return None
+
+
 def load_kind(name: str) -> type[Spec[Any]]:
     """The Spec class for `name`, importing its module if needed."""
-    cls = _classes.get(name)  # register_class keeps built-in names for built-in classes
+    cls = _classes.get(name) or _rebuilt_here(name)  # built-in names mean built-in classes
     if cls is not None:
         return cls
     info = _known.get(name)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,11 @@ from handles.exceptions import SpecError
 __all__ = [
     "DatabaseURL",
     "SecretRef",
+    "holds_credential",
     "mask_url_password",
     "parse_database_url",
+    "scrub",
+    "scrubbed",
     "split_url_password",
     "url_has_password",
 ]
@@ -124,6 +129,81 @@ def url_has_password(url: str) -> bool:
 
 
 _GREEDY_USERINFO = re.compile(r"[^:/@]*:[^@]*@")
+
+# A password inside a connection string: libpq's `password=x` (psycopg's conninfo=,
+# psycopg2's dsn=, any option a driver parses as one) or a URI's `user:pass@`.
+_CONNINFO_CREDENTIAL = re.compile(r"(?:^|[\s;&?])(?:ssl)?(?:password|passwd|pwd)\s*=", re.I)
+
+
+def holds_credential(value: str) -> bool:
+    """Does `value` (an option's value) carry a password as a driver would read it?
+
+    Broad on purpose: such values show in repr, JSON and keys, so anything that
+    reads as `password=...` or `scheme://user:pass@` is refused, not guessed at.
+    """
+    return bool(_CONNINFO_CREDENTIAL.search(value)) or url_has_password(value.strip())
+
+
+# -- scrubbing --------------------------------------------------------------------------
+
+
+def scrub(text: str, secrets: Iterable[tuple[str, str]]) -> str:
+    """`text` with each secret value replaced by its reference ((value, reference) pairs)."""
+    for value, reference in secrets:
+        if value:
+            text = text.replace(value, f"<{reference}>")
+    return text
+
+
+@contextmanager
+def scrubbed(secrets: Mapping[str, SecretRef | str], values: Mapping[str, str]) -> Iterator[None]:
+    """Errors raised in the block never show a resolved secret's value.
+
+    `values` maps a name to the value read for `secrets[name]`. An exception (and
+    every exception chained to it) has its message rewritten in place, the value
+    replaced by the reference, before it leaves the block: a dependency that echoes
+    an option (a path, a protocol name) into its message cannot put a secret into a
+    BuildError or a traceback. Where the text cannot be rewritten (a message built
+    by the exception's own __str__), a plain RuntimeError with the scrubbed text
+    replaces it, unchained.
+    """
+    pairs = [(v, str(secrets[k])) for k, v in values.items() if v and len(v) >= 1]
+    try:
+        yield
+    except BaseException as exc:
+        if not pairs or isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+            raise
+        if _scrub_chain(exc, pairs):
+            raise
+        shown = scrub(f"{type(exc).__name__}: {exc}", pairs)
+        raise RuntimeError(shown) from None
+
+
+def _scrub_chain(exc: BaseException, pairs: list[tuple[str, str]]) -> bool:
+    """Scrub `exc` and what it chains in place; False if a value still shows."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    clean = True
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.args = tuple(scrub(a, pairs) if isinstance(a, str) else a for a in current.args)
+        if isinstance(current, OSError):
+            for name in ("filename", "filename2", "strerror"):
+                value = getattr(current, name, None)
+                if isinstance(value, str):
+                    setattr(current, name, scrub(value, pairs))
+        notes = getattr(current, "__notes__", None)
+        if isinstance(notes, list):
+            current.__notes__ = [scrub(n, pairs) if isinstance(n, str) else n for n in notes]
+        try:
+            text = f"{current!s} {current!r}"
+        except Exception:
+            text = ""
+        if any(value in text for value, _ in pairs):
+            clean = False
+        current = current.__cause__ or current.__context__
+    return clean
+
 
 # SQLAlchemy's own URL pattern (sqlalchemy.engine.url._parse_url, the same from
 # 1.4 to 2.1), copied so that making a DatabaseSpec needs no SQLAlchemy import.

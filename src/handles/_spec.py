@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Self, TypeVar
 from pydantic import (
     BaseModel,
     ConfigDict,
+    ModelWrapValidatorHandler,
     SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
@@ -30,9 +31,9 @@ from pydantic import (
     model_validator,
 )
 
-from handles import _kinds, _trust
-from handles._fields import split_roles
-from handles._keys import canonical, canonical_json, digest, unkeyable
+from handles import _allow, _kinds, _trust
+from handles._fields import mark_roles, split_roles
+from handles._keys import canonical, digest, unkeyable
 from handles._registry import NO_ENTRY, registry
 from handles.exceptions import SpecError
 
@@ -58,6 +59,7 @@ class Spec(BaseModel, Generic[T]):
         extra="forbid",
         validate_default=True,
         hide_input_in_errors=True,  # inputs may hold secrets
+        json_schema_extra=mark_roles,  # every field says its role, marked or not
         revalidate_instances="never",
     )
     # Per-instance caches, outside the model's fields so they never reach JSON,
@@ -121,15 +123,26 @@ class Spec(BaseModel, Generic[T]):
                 raise SpecError.one(cls.__name__, field, f"{inner} {why}" if inner else why)
         return data
 
-    @model_validator(mode="after")
-    def _check_trust(self, info: ValidationInfo) -> Self:
+    @model_validator(mode="wrap")
+    @classmethod
+    def _check_trust(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Self], info: ValidationInfo
+    ) -> Self:
         # From untrusted data, secret references and whatever the kind lists
-        # need the worker's consent: every problem in one error.
-        if _trust.untrusted(info):
-            problems = [*_trust.secret_problems(dict(self)), *self._untrusted_problems()]
-            if problems:
-                raise SpecError(type(self).__name__, problems)
-        return self
+        # need the worker's consent: every problem in one error. A spec instance
+        # passing through validation again (a flow parameter given one in Python,
+        # model_validate(spec), a TypeAdapter) was made by code: it stays trusted.
+        spec = handler(data)
+        if isinstance(data, Spec) or not _trust.untrusted(info):
+            return spec
+        problems = [
+            *_trust.secret_problems(dict(spec)),
+            *_allow.path_problems(_allow.declared_paths(spec)),
+            *spec._untrusted_problems(),
+        ]
+        if problems:
+            raise SpecError(cls.__name__, problems)
+        return spec
 
     def _untrusted_problems(self) -> list[tuple[str, str]]:
         """(field, message) for each thing this spec may not do when read from JSON.
@@ -174,9 +187,10 @@ class Spec(BaseModel, Generic[T]):
 
     @model_serializer(mode="wrap")
     def _canonical_dump(self, handler: SerializerFunctionWrapHandler) -> Any:
-        # Sorted mappings and posix paths, so two equal specs dump to the same
-        # bytes in every process (Prefect hashes this dump for cache keys).
-        return canonical(handler(self))
+        # Sorted mappings and sets, posix paths, decimals and datetimes in one form
+        # (walked beside the values they came from), so two equal specs dump to
+        # the same bytes in every process and hash seed (Prefect hashes this dump).
+        return canonical(handler(self), self)
 
     # -- the live object ------------------------------------------------------
 
@@ -355,7 +369,18 @@ class Spec(BaseModel, Generic[T]):
             return self._handles_hash
         except AttributeError:
             pass
-        value = hash((type(self), canonical_json(self.model_dump(mode="json"))))
+
+        # Python's hash of the dump's data, not of its text: == (pydantic's, by
+        # field values) holds 1 == 1.0 == True where the dump keeps them apart,
+        # and equal specs must hash equal.
+        def hashable(data: Any) -> Any:
+            if isinstance(data, dict):
+                return frozenset((k, hashable(v)) for k, v in data.items())
+            if isinstance(data, list):
+                return tuple(hashable(v) for v in data)
+            return data
+
+        value = hash((type(self), hashable(self.model_dump(mode="json"))))
         object.__setattr__(self, "_handles_hash", value)
         return value
 

@@ -15,7 +15,11 @@ From untrusted input, and unless the worker's environment says otherwise:
         hosts a spec from JSON may reach (unset: any host, but a secret from
         JSON goes only to a host listed here)
     HANDLES_ALLOW_PICKLE_WEIGHTS=1
-        torch.save checkpoints (still read with weights_only=True)
+        pickle checkpoints: torch.save files (still read with weights_only=True),
+        a transformers model's pytorch_model.bin
+
+What else a spec from JSON may carry (driver and filesystem options, local
+paths, archives) each kind declares: see handles._allow, whose settings widen it.
 
 `trust_remote_code=True` is never accepted from JSON. The settings are read at
 each validation, in the process that validates the JSON.
@@ -29,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
+from handles._allow import FROM_JSON, UNKNOWN_HOST, host_matches
 from handles._secrets import SecretRef
 
 if TYPE_CHECKING:
@@ -38,6 +43,7 @@ __all__ = [
     "ALLOW_HOSTS",
     "ALLOW_PICKLE_WEIGHTS",
     "ALLOW_SECRETS",
+    "FROM_JSON",
     "TRUSTED",
     "UNTRUSTED",
     "host_problems",
@@ -53,8 +59,6 @@ UNTRUSTED: dict[str, str] = {TRUST_KEY: "untrusted"}
 ALLOW_SECRETS = "HANDLES_ALLOW_SECRETS"
 ALLOW_HOSTS = "HANDLES_ALLOW_HOSTS"
 ALLOW_PICKLE_WEIGHTS = "HANDLES_ALLOW_PICKLE_WEIGHTS"
-
-FROM_JSON = "a spec from JSON (untrusted input)"
 
 
 def untrusted(info: ValidationInfo) -> bool:
@@ -126,20 +130,28 @@ def host_problems(
 ) -> list[tuple[str, str]]:
     """(field, message) for each host a spec from JSON may not reach.
 
-    `hosts` holds (field, host) pairs. With HANDLES_ALLOW_HOSTS unset any host
-    is reachable, except by a spec that carries a secret reference: a secret
-    allowed from JSON goes only to hosts the worker listed.
+    `hosts` holds (field, host) pairs, every host the driver will contact as it
+    reads them (UNKNOWN_HOST where the spec's data cannot tell). With
+    HANDLES_ALLOW_HOSTS unset any host is reachable, except by a spec that
+    carries a secret reference: a secret allowed from JSON goes only to hosts the
+    worker listed. Hosts compare as resolvers read them (`2130706433` is
+    127.0.0.1); a host no resolver reads the same way (spaces, NUL) never matches.
     """
     allowed = _patterns(ALLOW_HOSTS)
-    # Hosts are compared as parsers give them: an IPv6 address without brackets
-    # (which fnmatch would read as a character class).
-    patterns = [
-        p[1:-1] if p.startswith("[") and p.endswith("]") and ":" in p else p for p in allowed
-    ]
     problems: list[tuple[str, str]] = []
     for field, host in hosts:
-        if allowed:
-            if not any(fnmatchcase(host.lower(), p.lower()) for p in patterns):
+        if host == UNKNOWN_HOST:
+            if allowed or carries_secret:
+                problems.append(
+                    (
+                        field,
+                        f"{FROM_JSON} names no host the worker can check (the driver would "
+                        "pick one from the worker's environment or files): give the host in "
+                        "the URL",
+                    )
+                )
+        elif allowed:
+            if not any(host_matches(host, p) for p in allowed):
                 problems.append(
                     (
                         field,

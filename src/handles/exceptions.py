@@ -16,7 +16,9 @@ registered name is `.spec.kind` where the error carries the spec.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import socket
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -39,6 +41,20 @@ DISTRIBUTION = "handle-specs"
 class HandlesError(Exception):
     """Root of every error raised by handles."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Workers send errors back pickled (Dask, Ray, process pools), and these
+        # constructors take more than the message: rebuild from the state instead.
+        state = dict(self.__dict__)
+        if isinstance(self, ImportError):  # kept by ImportError outside __dict__
+            state.update(name=self.name, path=self.path)
+        return (_restored, (type(self), self.args), state)
+
+
+def _restored(cls: type[HandlesError], args: tuple[Any, ...]) -> HandlesError:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    return error
+
 
 class SpecError(HandlesError, ValueError):
     """A spec's configuration is invalid.
@@ -60,7 +76,7 @@ class SpecError(HandlesError, ValueError):
     @classmethod
     def from_validation(cls, kind: str, exc: ValidationError) -> SpecError:
         problems: list[tuple[str, str]] = []
-        for err in exc.errors(include_input=False, include_url=False):
+        for err in exc.errors(include_url=False):
             inner = err.get("ctx", {}).get("error")
             if isinstance(inner, SpecError):
                 # Raised by a spec's own __init__, which pydantic runs inside
@@ -71,8 +87,39 @@ class SpecError(HandlesError, ValueError):
             message = err["msg"]
             # pydantic prefixes messages of ValueErrors raised in validators.
             message = message.removeprefix("Value error, ")
-            problems.append((field, message))
+            problems.append((field, _without_input(message, err)))
         return cls(kind, problems)
+
+
+# Shorter values are left: too likely to be words of the message itself ("cpu").
+_ECHO_MIN_CHARS = 4
+
+
+def _without_input(message: str, error: Mapping[str, Any]) -> str:
+    """`message` with the field's values cut out, should a validator have quoted one.
+
+    Validation errors never echo input (it may hold a secret), and not every kind's
+    validators are ours. Only for a field's error: a model-wide one's input is the
+    whole document, whose every value could match the message's own words.
+    """
+    if not error.get("loc"):
+        return message
+    values: list[str] = []
+    stack, seen = [error.get("input")], 0
+    while stack and seen < 1000:  # bounded: inputs may be huge or deep
+        item = stack.pop()
+        seen += 1
+        if isinstance(item, Mapping):
+            stack.extend(item.values())  # keys are names (a pragma, an option): kept
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+        elif isinstance(item, str | int | float) and not isinstance(item, bool):
+            text = str(item)
+            if len(text) >= _ECHO_MIN_CHARS:
+                values.append(text)
+    for text in sorted(set(values), key=len, reverse=True):
+        message = message.replace(text, "...")
+    return message
 
 
 class BuildError(HandlesError):
@@ -85,6 +132,9 @@ class BuildError(HandlesError):
         super().__init__(message)
         self.kind = kind
         self.spec = spec
+        # On a cluster the same spec builds on many machines: say which one failed
+        # (in tracebacks and logs; the message stays the same everywhere).
+        self.add_note(f"raised on host {socket.gethostname()}, process {os.getpid()}")
 
     @classmethod
     def about(cls, spec: Any, message: str) -> BuildError:

@@ -13,8 +13,9 @@
 (`check_pickle`, `check_single_flight`, ...), for one test per property. A
 broken property raises AssertionError whose message starts with
 "contract broken: <property>:", the property being one of: one value, pickle,
-JSON, canonical dump, placement/identity roles, key stability across hash seeds,
-reuse, single-flight, failure not cached, fork, teardown order.
+JSON, canonical dump, input order, canonical fingerprint, placement/identity
+roles, key stability across hash seeds, reuse, single-flight, one object per
+event loop, failure not cached, fork, teardown order.
 
 These checks use this process's registry (`handles.registry()`): they build and
 evict objects in it, and the teardown-order check closes it (`registry().close()`
@@ -24,7 +25,9 @@ meant for test processes, not for processes doing real work.
 Loop-scoped kinds are driven through `await spec.aget()` on one event loop,
 running in a thread of its own for the duration of a check; the fork and
 teardown-order checks do not apply to them (a loop's objects live and die with
-the loop). The fork check needs `os.fork` and does nothing where it is missing.
+the loop), and one more does: two loops at once, through `asyncio.run()`, get
+two objects, each torn down on its own loop when its `asyncio.run()` ends. The
+fork check needs `os.fork` and does nothing where it is missing.
 
 Importing this module imports no optional package: cloudpickle, when installed,
 is imported by the pickle and key checks that use it.
@@ -33,6 +36,7 @@ is imported by the pickle and key checks that use it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
 import pickle
@@ -47,19 +51,23 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
+from handles._keys import canonical_json
 from handles._kinds import spec_from_json
 from handles._registry import KeyStats, registry
 from handles._spec import Spec
-from handles.exceptions import BuildError
+from handles.exceptions import BuildError, SpecError
 
 __all__ = [
     "assert_contract",
     "check_canonical_dump",
+    "check_fingerprint",
     "check_failure_not_cached",
     "check_failure_reaches_every_waiter",
     "check_fork",
+    "check_input_order",
     "check_json",
     "check_key_stable_across_processes",
+    "check_one_object_per_loop",
     "check_one_value",
     "check_pickle",
     "check_reuse",
@@ -74,10 +82,13 @@ ONE_VALUE = "one value"
 PICKLE = "pickle"
 JSON = "JSON"
 CANONICAL_DUMP = "canonical dump"
+INPUT_ORDER = "input order"
+CANONICAL_FINGERPRINT = "canonical fingerprint"
 ROLES = "placement/identity roles"
 KEY_STABILITY = "key stability across hash seeds"
 REUSE = "reuse"
 SINGLE_FLIGHT = "single-flight"
+PER_LOOP = "one object per event loop"
 FAILURE_NOT_CACHED = "failure not cached"
 FORK = "fork"
 TEARDOWN_ORDER = "teardown order"
@@ -120,10 +131,13 @@ def assert_contract(
     check_pickle(spec)
     check_json(spec)
     check_canonical_dump(spec)
+    check_input_order(spec)
+    check_fingerprint(spec)
     check_roles(spec, identity=identity, placement=placement)
     check_key_stable_across_processes(spec, setup_modules=setup_modules)
     check_reuse(spec)
     check_single_flight(spec)
+    check_one_object_per_loop(spec)
     if broken is not None:
         check_failure_not_cached(broken)
         check_failure_reaches_every_waiter(broken)
@@ -202,6 +216,68 @@ def check_canonical_dump(spec: Spec[Any]) -> None:
             f"validating the dump again changes it (a validator that is not idempotent?): "
             f"{first} became {again}",
         )
+
+
+def check_input_order(spec: Spec[Any]) -> None:
+    """Built from its input in two orders (dict keys, set items), the spec keys and dumps alike.
+
+    Equal input in another order is the same spec: the same `cache_key()`, the
+    same live object, the same JSON. A fingerprint or serializer that follows a
+    mapping's or a set's order breaks this (within one process for mappings, and
+    across hash seeds for sets).
+    """
+    with _property(INPUT_ORDER):
+        baseline = spec.replace()
+        for order, other in (
+            ("sorted", _reordered(spec, False)),
+            ("reversed", _reordered(spec, True)),
+        ):
+            for what, ours, theirs in (
+                ("cache_key()", baseline.cache_key(), other.cache_key()),
+                ("the registry's instance key", baseline._instance_key(), other._instance_key()),
+                ("the JSON dump", baseline.model_dump_json(), other.model_dump_json()),
+            ):
+                _require(
+                    ours == theirs,
+                    INPUT_ORDER,
+                    f"{what} of a {_name(spec)} built with its dict keys and set items in "
+                    f"{order} order differs ({_short(theirs)} vs {_short(ours)}): does "
+                    "fingerprint() or a serializer follow the input's order?",
+                )
+            _require(other == baseline, INPUT_ORDER, f"the {order}-order {_name(spec)} is unequal")
+
+
+def check_fingerprint(spec: Spec[Any]) -> None:
+    """`fingerprint()` is canonical: JSON data, the same on every call and for input in any order.
+
+    Canonical JSON of it is what `cache_key()` hashes, so a dict's order or a set's
+    never matters there; what does is order frozen into a string (JSON text
+    written without sorted keys) or into a list (a set's items, a dict's values).
+    """
+    with _property(CANONICAL_FINGERPRINT):
+        found = spec.fingerprint()
+        if found is None:
+            return
+        try:
+            text = canonical_json(found)
+        except (TypeError, ValueError) as exc:
+            _fail(
+                CANONICAL_FINGERPRINT, f"fingerprint() returned data with no JSON form: {exc}", exc
+            )
+        variants = [
+            ("a second call", spec),
+            ("the sorted-order spec", _reordered(spec, False)),
+            ("the reversed-order spec", _reordered(spec, True)),
+        ]
+        for label, other in variants:
+            again = other.fingerprint()
+            _unsorted_json_text(again)
+            _require(
+                canonical_json(again) == text,
+                CANONICAL_FINGERPRINT,
+                f"fingerprint() of {label} is {canonical_json(again)}, {text} here "
+                "(the time, ids, or a dict's or set's order in it?)",
+            )
 
 
 def check_roles(
@@ -306,6 +382,43 @@ def check_single_flight(spec: Spec[Any], threads: int = 64) -> None:
             f"{threads} threads made {objects} objects in {builds} builds of a {spec.scope}-scoped "
             f"spec ({wanted} expected{': one per thread' if per_thread else ''})",
         )
+
+
+def check_one_object_per_loop(spec: Spec[Any]) -> None:
+    """Loop scope: two event loops at once get two objects, each torn down on its own loop.
+
+    Each loop is an `asyncio.run()` in a thread of its own; both hold their
+    object at the same moment, and each object must be torn down (`ateardown`)
+    once, on the loop that built it, by the time its `asyncio.run()` returns.
+    Does nothing for other scopes.
+    """
+    if spec.scope != "loop":
+        return
+    with _property(PER_LOOP):
+        torn: list[tuple[Any, asyncio.AbstractEventLoop | None]] = []
+        with _recording_loop_teardowns(type(spec), torn):
+            got = _on_two_loops(spec)
+        first, second = (obj for obj, _ in got)
+        _require(
+            first is not second,
+            PER_LOOP,
+            f"two event loops got one {type(first).__name__} (a cache outside the registry, "
+            "or an object made outside abuild()?)",
+        )
+        for number, (obj, loop) in enumerate(got, 1):
+            where = [on for value, on in torn if value is obj]
+            _require(
+                len(where) == 1,
+                PER_LOOP,
+                f"loop {number}'s object was torn down {len(where)} times when its loop ended "
+                "(once expected)",
+            )
+            _require(
+                where[0] is loop,
+                PER_LOOP,
+                f"loop {number}'s object was torn down "
+                f"{'outside any event loop' if where[0] is None else 'on another event loop'}",
+            )
 
 
 def check_failure_not_cached(broken: Spec[Any]) -> None:
@@ -438,6 +551,10 @@ def _name(spec: Spec[Any]) -> str:
     return type(spec).__name__
 
 
+def _short(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
 # -- helpers ---------------------------------------------------------------------
 
 
@@ -562,6 +679,155 @@ def _recording_teardowns(cls: type[Spec[Any]], closed: list[str]) -> Iterator[No
             del cls.teardown
         else:
             cls.teardown = own  # type: ignore[method-assign]
+
+
+# Set while a recorded ateardown runs, so the teardown() it calls (the default
+# ateardown does) is not counted again; contextvars follow it into to_thread().
+_IN_ATEARDOWN: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "handles_testing_in_ateardown", default=False
+)
+
+
+@contextmanager
+def _recording_loop_teardowns(
+    cls: type[Spec[Any]], torn: list[tuple[Any, asyncio.AbstractEventLoop | None]]
+) -> Iterator[None]:
+    """While the block runs, each teardown of a `cls` object appends (object, its loop or None)."""
+    own = {name: cls.__dict__.get(name) for name in ("ateardown", "teardown")}
+    ateardown, teardown = cls.ateardown, cls.teardown
+
+    async def recording_ateardown(self: Spec[Any], value: Any) -> None:
+        torn.append((value, asyncio.get_running_loop()))
+        token = _IN_ATEARDOWN.set(True)
+        try:
+            await ateardown(self, value)
+        finally:
+            _IN_ATEARDOWN.reset(token)
+
+    def recording_teardown(self: Spec[Any], value: Any) -> None:
+        if not _IN_ATEARDOWN.get():
+            torn.append((value, _running_loop()))
+        teardown(self, value)
+
+    cls.ateardown = recording_ateardown  # type: ignore[method-assign]
+    cls.teardown = recording_teardown  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for name, method in own.items():
+            if method is None:
+                delattr(cls, name)
+            else:
+                setattr(cls, name, method)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _on_two_loops(spec: Spec[Any]) -> list[tuple[Any, asyncio.AbstractEventLoop]]:
+    """(object, loop) from `await spec.aget()` in two `asyncio.run()`s at once, in two threads."""
+    both = threading.Barrier(2)
+    got: list[Any] = [None, None]
+    errors: list[BaseException] = []
+
+    async def hold(i: int) -> None:
+        obj = await spec.aget()
+        _require(
+            await spec.aget() is obj, PER_LOOP, "a second aget() on one loop gave another object"
+        )
+        got[i] = (obj, asyncio.get_running_loop())
+        both.wait(_TIMEOUT)  # blocks this loop: both objects are held at once
+
+    def run(i: int) -> None:
+        try:
+            asyncio.run(hold(i))
+        except BaseException as exc:  # reported below, in the caller's thread
+            errors.append(exc)
+            both.abort()
+
+    threads = [
+        threading.Thread(target=run, args=(i,), name=f"handles-testing-loop-{i}") for i in (0, 1)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
+    if real:
+        if isinstance(real[0], AssertionError) and str(real[0]).startswith(_PREFIX):
+            raise real[0]
+        _fail(PER_LOOP, f"a loop failed: {real[0]!r}", real[0])
+    return got
+
+
+def _reordered(spec: Spec[Any], reverse: bool) -> Spec[Any]:
+    """`spec` validated again from its field values, dict keys and set items sorted or reversed.
+
+    A set is handed over as a list in that order where the field takes one (a
+    set handed over would be read in its own iteration order); as a set where
+    a list would make another spec (an untyped field).
+    """
+    values = {name: getattr(spec, name) for name in type(spec).model_fields}
+    try:
+        listed = spec.replace(**{n: _in_order(v, reverse, list) for n, v in values.items()})
+    except SpecError:
+        listed = None
+    if listed is not None and listed == spec:
+        return listed
+    return spec.replace(**{n: _in_order(v, reverse, None) for n, v in values.items()})
+
+
+def _in_order(value: Any, reverse: bool, sets_as: type[list[Any]] | None) -> Any:
+    """`value` with every dict's keys and set's items (inside lists and tuples too) in one order."""
+    if isinstance(value, dict):
+        keys = sorted(value, key=str, reverse=reverse)
+        return {k: _in_order(value[k], reverse, sets_as) for k in keys}
+    if isinstance(value, set | frozenset):
+        items = sorted(value, key=canonical_json, reverse=reverse)
+        if sets_as is not None:
+            return sets_as(items)
+        return (frozenset if isinstance(value, frozenset) else set)(items)
+    if isinstance(value, list | tuple):
+        items = [_in_order(v, reverse, sets_as) for v in value]
+        return tuple(items) if isinstance(value, tuple) else items
+    return value
+
+
+def _unsorted_json_text(value: Any) -> None:
+    """Fail if a string in `value` is JSON text of an object whose keys are out of order."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+        elif isinstance(item, str) and item[:1] in ("{", "["):
+            try:
+                json.loads(item, object_pairs_hook=_sorted_pairs)
+            except _UnsortedKeys as exc:
+                _fail(
+                    CANONICAL_FINGERPRINT,
+                    f"fingerprint() holds JSON text whose keys are not sorted ({exc}): "
+                    "json.dumps(..., sort_keys=True), or return the data itself",
+                )
+            except ValueError:
+                pass  # text that only looks like JSON
+
+
+class _UnsortedKeys(ValueError):
+    pass
+
+
+def _sorted_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if keys != sorted(keys):
+        raise _UnsortedKeys(", ".join(keys))
+    return dict(pairs)
 
 
 def _teardown_problem(closed: list[str], expected: list[str]) -> str:

@@ -257,9 +257,11 @@ def test_dask_gets_the_warm_up_plugin_for_process_scoped_specs(tmp_path):
     assert plugins[1].specs == (shared,)  # Dask's executor threads build their own
     assert runner.cluster_kwargs["plugins"] == [other]
 
+    # A cluster it connects to gets the plugin through the client when it starts
+    # (tests/cluster/test_dask_cluster.py runs that against a real cluster).
     on_a_cluster = prefect_dask.DaskTaskRunner(address="tcp://127.0.0.1:8786")
-    with pytest.raises(ValueError, match="register_plugin"):
-        bind_to_workers(on_a_cluster, shared)
+    joined = bind_to_workers(on_a_cluster, shared).duplicate()
+    assert (joined.address, joined.specs) == (on_a_cluster.address, (shared,))
 
 
 def test_bind_to_workers_refuses_what_it_cannot_bind(tmp_path):

@@ -24,13 +24,17 @@ class Seen:
 
 
 class FakePostgres:
-    """`with FakePostgres() as pg:` listens on 127.0.0.1:`pg.port`; `pg.seen` lists clients."""
+    """`with FakePostgres() as pg:` listens on 127.0.0.1:`pg.port`; `pg.seen` lists clients.
 
-    def __init__(self) -> None:
+    `FakePostgres("127.0.0.2")` listens on another loopback address: a second "host".
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.seen: list[Seen] = []
         self.raw = bytearray()  # every byte any client sent
+        self.host = host  # any 127.x.y.z: Linux routes all of 127/8 to loopback
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.bind((host, port))
         self._sock.listen(16)
         self.port: int = self._sock.getsockname()[1]
         self._thread = threading.Thread(target=self._serve, daemon=True)

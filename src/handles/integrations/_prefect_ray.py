@@ -6,6 +6,7 @@ only when given a RayTaskRunner.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Self
 
 import ray
@@ -16,6 +17,7 @@ from handles.integrations.ray import WorkerSpecs
 
 
 def bind_ray(runner: RayTaskRunner, specs: tuple[Spec[Any], ...]) -> BoundRayTaskRunner:
+    _refuse_ray_client(runner.address)
     if isinstance(runner, BoundRayTaskRunner):
         specs = (*runner.specs, *specs)
     elif type(runner) is not RayTaskRunner:
@@ -63,6 +65,7 @@ class BoundRayTaskRunner(RayTaskRunner):  # type: ignore[misc]  # prefect-ray is
                 "ray.shutdown() first, or pass handles.integrations.ray.WorkerSpecs"
                 "(...).runtime_env() to your own ray.init"
             )
+        _refuse_ray_client(self.address)  # RAY_ADDRESS may say so only now
         workers = WorkerSpecs(*self.specs, prefect_logs=True)
         configured = self.init_kwargs
         env = workers.runtime_env(configured.get("runtime_env"))
@@ -81,3 +84,16 @@ class BoundRayTaskRunner(RayTaskRunner):  # type: ignore[misc]  # prefect-ray is
                 workers.stop()  # before Ray is shut down: it ends workers without notice
         finally:
             super().__exit__(*exc_info)
+
+
+def _refuse_ray_client(address: str | None) -> None:
+    """Ray Client (`ray://`) jobs run no worker setup hook (Ray 2.60): refuse, never skip it."""
+    if not address or address == "auto":
+        address = os.environ.get("RAY_ADDRESS", "")
+    if address.startswith("ray://"):
+        raise ValueError(
+            f"bind_to_workers(RayTaskRunner(address={address!r})): Ray Client jobs do not run "
+            "the worker setup hook that builds the specs; run the flow on a node of the "
+            "cluster with the cluster's address (host:port, or 'auto'), or use RayTaskRunner "
+            "without bind_to_workers (each worker then builds a spec on first use)"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any, Self, TypeVar, cast
@@ -11,9 +12,13 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 
 from handles._spec import Spec
 from handles.integrations._prefect_logs import route_registry_logs
+from handles.integrations._prefect_loop import WorkerLoopPool, adopt_pool, start_process_loop
+from handles.integrations._prefect_version import PROCESS_POOL_INITIALIZER, require_prefect
 from handles.integrations._warm import checked, release, warm
 
 __all__ = ["BoundThreadPoolTaskRunner", "bind_to_workers", "warm_up"]
+
+logger = logging.getLogger("handles")
 
 
 def warm_up(*specs: Spec[Any]) -> None:
@@ -38,19 +43,28 @@ def bind_to_workers(runner: RunnerT, *specs: Spec[Any]) -> RunnerT:
         @flow(task_runner=bind_to_workers(ProcessPoolTaskRunner(max_workers=2), NLP, DB))
 
     - ThreadPoolTaskRunner: process-scoped specs are built once, in the flow's
-      process, when the runner starts, and closed when it stops. Thread-scoped
-      ones are built by each pool thread on first use and closed as the pool's
-      threads end, when the runner stops.
+      process, when the runner starts, and closed when it stops. Each pool
+      thread has one event loop for its async task runs, from its start to its
+      end; it builds the thread-scoped specs, and the loop-scoped ones on its
+      loop, as it starts, and closes them (and the loop) as it ends, when the
+      runner stops.
     - ProcessPoolTaskRunner: every spec is built in each worker's main thread,
-      where its tasks run (after your own initializer, if any), and closed when
-      the worker exits.
-    - DaskTaskRunner, on a cluster it creates: process-scoped specs are built as
-      each worker starts and closed as it closes (the `SpecWarmUp` plugin);
-      thread-scoped ones by each executor thread on first use. On a cluster of
-      your own, register `SpecWarmUp` with the client instead.
+      where its tasks run (after your own initializer, if any), loop-scoped ones
+      on the worker's one event loop for async task runs; all are closed, and
+      the loop too, when the worker exits.
+    - DaskTaskRunner: process-scoped specs are built as each worker starts and
+      closed as it closes (the `SpecWarmUp` plugin); thread-scoped ones by each
+      executor thread on first use. On a cluster it connects to (`address=`),
+      the plugin is registered when the runner starts (workers joining later
+      get it too) and removed when it stops: every worker closes the specs and
+      the cluster goes on running.
     - RayTaskRunner, when it calls `ray.init`: every spec is built by Ray's
       worker setup hook in each worker's main thread, where its tasks run, and
       closed there when the runner stops (`handles.integrations.ray.WorkerSpecs`).
+
+    On Dask and Ray each async task run still gets an event loop of its own
+    (prefect-dask and prefect-ray call `asyncio.run()` per run): loop-scoped
+    specs are accepted there and built by each run's `aget()`.
 
     A failed build is logged and retried by the first task that needs the spec.
     Registry lines go to the run logs in worker processes (in the flow's own
@@ -58,7 +72,7 @@ def bind_to_workers(runner: RunnerT, *specs: Spec[Any]) -> RunnerT:
     itself is unchanged; the copy keeps the binding when Prefect duplicates it
     for each flow run.
     """
-    bound = checked(specs, "bind_to_workers")
+    bound = checked(specs, "bind_to_workers", loops=True)
     if isinstance(runner, BoundThreadPoolTaskRunner):
         return cast(RunnerT, runner.duplicate().bound_to((*runner.specs, *bound)))
     if type(runner) is ThreadPoolTaskRunner:
@@ -74,7 +88,7 @@ def bind_to_workers(runner: RunnerT, *specs: Spec[Any]) -> RunnerT:
     if ray is not None and isinstance(runner, ray.RayTaskRunner):
         from handles.integrations._prefect_ray import bind_ray  # noqa: PLC0415  (prefect-ray)
 
-        return cast(RunnerT, bind_ray(runner, bound))
+        return cast(RunnerT, bind_ray(runner, _unlooped(bound)))
     raise TypeError(
         "bind_to_workers takes Prefect's ThreadPoolTaskRunner, ProcessPoolTaskRunner, "
         f"DaskTaskRunner or RayTaskRunner; got {type(runner).__name__}"
@@ -82,9 +96,15 @@ def bind_to_workers(runner: RunnerT, *specs: Spec[Any]) -> RunnerT:
 
 
 class BoundThreadPoolTaskRunner(ThreadPoolTaskRunner[Any]):
-    """A ThreadPoolTaskRunner from `bind_to_workers`: its specs live as long as it runs."""
+    """A ThreadPoolTaskRunner from `bind_to_workers`: its specs live as long as it runs.
+
+    Each pool thread keeps one event loop for its async task runs, from its
+    start to its end (handles.integrations._prefect_loop).
+    """
 
     specs: tuple[Spec[Any], ...] = ()
+    _pool: WorkerLoopPool | None = None
+    _warned = False
 
     def bound_to(self, specs: tuple[Spec[Any], ...]) -> BoundThreadPoolTaskRunner:
         self.specs = specs
@@ -95,14 +115,30 @@ class BoundThreadPoolTaskRunner(ThreadPoolTaskRunner[Any]):
 
     def __enter__(self) -> Self:
         super().__enter__()
+        per_worker = tuple(spec for spec in self.specs if spec.scope != "process")
+        self._pool = adopt_pool(self, per_worker)
         warm(self._shared())  # here, in the flow's process: no logging is changed
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         try:
-            super().__exit__(*exc_info)  # waits for the pool's threads to end
+            super().__exit__(*exc_info)  # waits for the pool's threads to close their loops
         finally:
+            self._pool = None
             release(self._shared())
+
+    def submit(self, task: Any, *args: Any, **kwargs: Any) -> Any:
+        future = super().submit(task, *args, **kwargs)
+        pool = self._pool
+        shared = pool is None or pool.last_submit_shared()
+        if task.isasync and not shared and not self._warned:
+            self._warned = True
+            logger.warning(
+                "this Prefect version hands async task runs to its pool in a way handles "
+                "does not know: each runs on an event loop of its own, and loop-scoped "
+                "specs are built once per task run"
+            )
+        return future
 
     def _shared(self) -> list[Spec[Any]]:
         # Thread-scoped objects belong to the pool's threads, which build and
@@ -111,6 +147,8 @@ class BoundThreadPoolTaskRunner(ThreadPoolTaskRunner[Any]):
 
 
 def _bind_process_pool(runner: Any, specs: tuple[Spec[Any], ...]) -> Any:
+    # Older runners drop the initializer below without a word: say so instead.
+    require_prefect(PROCESS_POOL_INITIALIZER, "bind_to_workers(ProcessPoolTaskRunner(...))")
     bound = runner.duplicate()
     # The worker initializer and its arguments: Prefect keeps them private, and
     # its duplicate() carries them to every flow run's copy of the runner.
@@ -141,22 +179,27 @@ class _ProcessWorkerLife:
         if self.initializer is not None:
             self.initializer(*self.initargs)
         route_registry_logs()
-        warm(self.specs)
+        others = _unlooped(self.specs)
+        warm(others)
         # Tasks ran in this (main) thread, which also runs exit handlers: its
         # thread-scoped objects close here too. Registered after handles' own
         # handler, so it runs first.
-        atexit.register(release, self.specs)
+        atexit.register(release, others)
+        # Registered last, so it runs first: the loop's objects go on the loop.
+        start_process_loop(self.specs)
+
+
+def _unlooped(specs: tuple[Spec[Any], ...]) -> tuple[Spec[Any], ...]:
+    return tuple(spec for spec in specs if spec.scope != "loop")
 
 
 def _bind_dask(runner: Any, specs: tuple[Spec[Any], ...]) -> Any:
     from handles.integrations.dask import SpecWarmUp  # noqa: PLC0415  (prefect-dask)
 
     if runner.address or getattr(runner, "_cluster", None) is not None:
-        raise ValueError(
-            "bind_to_workers(DaskTaskRunner(...)) adds a worker plugin to the cluster the "
-            "runner creates; on a cluster of your own, register it with the client: "
-            "client.register_plugin(SpecWarmUp(...))"
-        )
+        from handles.integrations._prefect_dask import bind_dask_cluster  # noqa: PLC0415
+
+        return bind_dask_cluster(runner, specs)  # registered when it starts: see there
     bound = runner.duplicate()
     shared = [spec for spec in specs if spec.scope == "process"]
     if shared:

@@ -13,13 +13,17 @@ from handles.exceptions import HandlesError
 logger = logging.getLogger("handles")
 
 
-def checked(specs: Iterable[Any], caller: str) -> tuple[Spec[Any], ...]:
-    """`specs` as a tuple, each one a spec that a worker can build at start."""
+def checked(specs: Iterable[Any], caller: str, *, loops: bool = False) -> tuple[Spec[Any], ...]:
+    """`specs` as a tuple, each one a spec that a worker can build at start.
+
+    loops: the caller's workers have an event loop of their own (bound Prefect
+    pools), so loop-scoped specs are welcome too.
+    """
     result = tuple(specs)
     for spec in result:
         if not isinstance(spec, Spec):
             raise TypeError(f"{caller} takes specs, got {type(spec).__name__}")
-        if spec.scope not in ("process", "thread"):
+        if spec.scope not in ("process", "thread") and not (loops and spec.scope == "loop"):
             # A loop-scoped object belongs to an event loop, which a worker
             # does not have when it starts: aget() builds it on each loop.
             raise ValueError(

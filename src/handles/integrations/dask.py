@@ -6,8 +6,10 @@
     DaskTaskRunner(cluster_kwargs={"n_workers": 2, "plugins": {SpecWarmUp(NLP)}})
 
 Workers that join later run the plugin too. A worker closes the specs when it
-closes, or when the plugin is removed. Never imported by `import handles`; importing it imports
-distributed.
+closes, or when the plugin is removed. With Prefect,
+`bind_to_workers(DaskTaskRunner(address=...), NLP)` registers it when the flow's runner
+starts and removes it when the runner stops (docs/clusters.md). Never imported by
+`import handles`; importing it imports distributed.
 """
 
 from __future__ import annotations

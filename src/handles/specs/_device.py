@@ -84,8 +84,7 @@ def check_device(value: str) -> str:
     """Field validator: one of auto, cpu, cuda, cuda:N, mps."""
     if not _DEVICE.fullmatch(value):
         raise ValueError(
-            f"{value!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' (N = 0, 1, ...) "
-            "or 'mps'"
+            "is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' (N = 0, 1, ...) or 'mps'"
         )
     return value
 
@@ -99,7 +98,7 @@ def check_dtype(value: str | None, *, extra: tuple[str, ...] = ()) -> str | None
         iter(difflib.get_close_matches(value, allowed, n=1)), None
     )
     hint = f"did you mean {close!r}? " if close else ""
-    raise ValueError(f"unknown dtype {value!r}; {hint}use one of {', '.join(allowed)}")
+    raise ValueError(f"unknown dtype; {hint}use one of {', '.join(allowed)}")
 
 
 # -- resolution at build ------------------------------------------------------

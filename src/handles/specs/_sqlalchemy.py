@@ -16,6 +16,7 @@ Nothing here imports SQLAlchemy: specs are made and validated without it, and
 
 from __future__ import annotations
 
+import os
 import re
 import weakref
 from collections.abc import Iterator
@@ -26,8 +27,18 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Self, TypeV
 from pydantic import Field, ValidationInfo, field_serializer, field_validator
 
 from handles import _fork
+from handles._allow import (
+    UNKNOWN_HOST,
+    Driver,
+    FromData,
+    allowed,
+    conninfo_params,
+    path_problems,
+    refused,
+    split_hosts,
+)
 from handles._fields import Identity, Placement
-from handles._secrets import MASK, SecretRef, parse_database_url
+from handles._secrets import MASK, SecretRef, holds_credential, parse_database_url
 from handles._spec import Spec
 from handles._trust import host_problems
 from handles.exceptions import MissingDependencyError, SpecError
@@ -49,8 +60,71 @@ _SQL_EXTRA_DRIVERS = frozenset({"psycopg", "aiosqlite", "greenlet"})
 # Names that carry a credential in a URL's query string or in connect_args: refused
 # as literals, since those show in repr, JSON and the key.
 _CREDENTIAL_ARGS = frozenset({"password", "passwd", "pwd", "sslpassword"})
-# Names under which libpq/psycopg (and so SQLAlchemy's postgresql dialects) take hosts.
-_HOST_ARGS = frozenset({"host", "hostaddr"})
+
+# -- what a spec from data may carry (handles._allow), per driver ---------------------
+# Keys that name no host, credential, local file or code. libpq's own keys for every
+# PostgreSQL driver built on it; the host-bearing ones are checked as libpq reads them
+# wherever a worker allows them (HANDLES_ALLOW_OPTIONS=database:hostaddr, say).
+_LIBPQ_SAFE = frozenset(
+    {
+        "application_name",
+        "channel_binding",
+        "client_encoding",
+        "connect_timeout",
+        "gssencmode",
+        "keepalives",
+        "keepalives_count",
+        "keepalives_idle",
+        "keepalives_interval",
+        "load_balance_hosts",
+        "require_auth",
+        "sslmode",
+        "target_session_attrs",
+        "tcp_user_timeout",
+    }
+)
+# libpq: host and hostaddr are comma-separated lists (hostaddr wins for the address);
+# a whole connection string hides in psycopg's conninfo= and psycopg2's dsn=; a
+# service sends the connection wherever the worker's pg_service.conf says.
+_LIBPQ_HOSTS = frozenset({"host", "hostaddr"})
+_LIBPQ_CONNINFO = frozenset({"conninfo", "dsn"})
+_LIBPQ_UNKNOWN = frozenset({"service", "servicefile"})
+# From data, these may make a connection stricter, never weaker (no TLS off, no downgrade).
+_TLS_MODES = frozenset({"prefer", "require", "verify-ca", "verify-full"})
+_LIBPQ_VALUES = {
+    "sslmode": _TLS_MODES,
+    "gssencmode": frozenset({"prefer", "require"}),
+    "channel_binding": frozenset({"prefer", "require"}),
+}
+DRIVERS = (
+    Driver(
+        ("postgresql", "postgresql+psycopg", "postgresql+psycopg_async", "postgresql+psycopg2"),
+        keys=_LIBPQ_SAFE,
+        host_keys=_LIBPQ_HOSTS,
+        conninfo_keys=_LIBPQ_CONNINFO,
+        unknown_keys=_LIBPQ_UNKNOWN,
+        values=_LIBPQ_VALUES,
+    ),
+    Driver(
+        ("postgresql+asyncpg",),
+        keys=frozenset({"command_timeout", "prepared_statement_cache_size", "ssl", "timeout"}),
+        host_keys=frozenset({"host"}),
+        conninfo_keys=frozenset({"dsn"}),
+        unknown_keys=frozenset({"service", "passfile"}),
+        values={"ssl": _TLS_MODES},
+    ),
+    Driver(
+        ("sqlite", "sqlite+pysqlite", "sqlite+aiosqlite"),
+        keys=frozenset({"check_same_thread", "timeout"}),
+        local=True,
+    ),
+    Driver(
+        ("mysql", "mysql+mysqldb", "mysql+pymysql", "mariadb", "mariadb+pymysql"),
+        keys=frozenset({"charset", "connect_timeout", "read_timeout", "write_timeout"}),
+        host_keys=frozenset({"host", "unix_socket"}),
+        unknown_keys=frozenset({"read_default_file", "read_default_group"}),
+    ),
+)
 
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
@@ -59,6 +133,8 @@ class _EngineSpec(Spec[E], Generic[E]):
     """A database reached through SQLAlchemy: the part its sync and async kinds share."""
 
     _asyncio: ClassVar[bool] = False  # AsyncDatabaseSpec: asyncio drivers only
+    from_data: ClassVar[FromData] = FromData(drivers=DRIVERS)
+    """What a spec from data may carry: the URL's host and, per driver, the keys above."""
 
     url: Annotated[str, Identity]
     """A SQLAlchemy URL, dialect+driver://user@host:port/database."""
@@ -100,7 +176,7 @@ class _EngineSpec(Spec[E], Generic[E]):
         if not _dialect_known(dialect):
             builtin = ", ".join(sorted(_BUILTIN_DIALECTS))
             raise ValueError(
-                f"unknown database dialect {dialect!r}; SQLAlchemy has {builtin} "
+                f"unknown database dialect; SQLAlchemy has {builtin} "
                 "and those installed packages register"
             )
         # Read as SQLAlchemy reads it (its own pattern), so the password masked
@@ -111,8 +187,8 @@ class _EngineSpec(Spec[E], Generic[E]):
         port = parts.port
         if port and not (port.isascii() and port.isdigit() and int(port) <= 65535):
             raise ValueError("has a port that is not a number from 0 to 65535")
-        for name, _ in parts.query:
-            if name.lower() in _CREDENTIAL_ARGS:
+        for name, value in parts.query:
+            if name.lower() in _CREDENTIAL_ARGS or holds_credential(value):
                 raise ValueError(_literal_credential(f"has {name}= in its query string", name))
         if parts.password == MASK:
             raise ValueError(
@@ -140,27 +216,83 @@ class _EngineSpec(Spec[E], Generic[E]):
     @classmethod
     def _no_literal_secrets(cls, args: dict[str, Any]) -> dict[str, Any]:
         for name in sorted(args):
-            if name.lower() in _CREDENTIAL_ARGS:
+            value = args[name]
+            if name.lower() in _CREDENTIAL_ARGS or (
+                isinstance(value, str) and holds_credential(value)
+            ):
                 raise ValueError(_literal_credential(f"holds {name!r}", name))
         return args
 
     def _untrusted_problems(self) -> list[tuple[str, str]]:
-        # From JSON, only hosts the worker allows (HANDLES_ALLOW_HOSTS), and a
-        # secret reference only to a host it named: see handles._trust.
-        return host_problems(self._hosts(), carries_secret=self.password is not None)
+        # From JSON: the driver's declared keys only (handles._allow), hosts the
+        # worker allows (HANDLES_ALLOW_HOSTS), and a secret reference only to a
+        # host it named (handles._trust).
+        driver, problems = self._driver_from_data()
+        if driver is None:
+            return problems
+        for field, name, value in self._options():
+            if allowed(self.kind, name):
+                continue
+            if name not in driver.keys:
+                problems.append((field, refused(self.kind, "the option", name, driver.keys)))
+            elif name in driver.values and str(value).lower() not in driver.values[name]:
+                shown = f"{name}=..."  # never the value: errors do not echo input
+                problems.append((field, refused(self.kind, "", shown, driver.values[name])))
+        if driver.local:
+            return problems + path_problems([("url", self._sqlite_path())])
+        return problems + host_problems(
+            self._hosts(driver), carries_secret=self.password is not None
+        )
 
-    def _hosts(self) -> list[tuple[str, str]]:
-        """(field, host) for every host a connection may go to, as the driver reads them."""
+    def _driver_from_data(self) -> tuple[Driver | None, list[tuple[str, str]]]:
+        match = _SCHEME.match(self.url)
+        assert match is not None  # _valid_url checked it
+        name = match[0].removesuffix("://").lower()
+        driver = self.from_data.driver(name)
+        if driver is not None:
+            return driver, []
+        if allowed(self.kind, name):  # the worker allows this driver: its URL host only
+            return Driver((name,), frozenset()), []
+        names = [n for d in self.from_data.drivers for n in d.names]
+        return None, [("url", refused(self.kind, "the driver", name, names))]
+
+    def _options(self) -> list[tuple[str, str, Any]]:
+        """(field, key, value) for every option in the URL's query and connect_args."""
         parts = parse_database_url(self.url)
-        found = [("url", parts.host)] if parts is not None and parts.host else []
-        # libpq and psycopg take host= from the query string and connect(), over the URL's.
-        for name, value in parts.query if parts is not None else ():
-            if name in _HOST_ARGS:
-                found += [("url", h) for h in value.split(",") if h]
-        for name, arg in self.connect_args.items():
-            if name in _HOST_ARGS and isinstance(arg, str):
-                found += [(f"connect_args.{name}", h) for h in arg.split(",") if h]
+        found = [("url", name, value) for name, value in (parts.query if parts else ())]
+        return found + [(f"connect_args.{k}", k, v) for k, v in self.connect_args.items()]
+
+    def _hosts(self, driver: Driver) -> list[tuple[str, str]]:
+        """(field, host) for every host a connection may go to, as the driver reads them.
+
+        libpq's rules: the URL's host list, host= and hostaddr= lists from the query
+        string and connect() arguments (they override the URL's, so all count), the
+        same inside a whole connection string (conninfo=, dsn=), and no host at all
+        (or a service) leaves the choice to the worker's environment: UNKNOWN_HOST.
+        """
+        parts = parse_database_url(self.url)
+        found = [("url", h) for h in split_hosts(parts.host or "")] if parts else []
+        for field, name, value in self._options():
+            key = name.lower()
+            if key in driver.host_keys:
+                found += [(field, h) for h in split_hosts(value)]
+            elif key in driver.unknown_keys:
+                found.append((field, UNKNOWN_HOST))
+            elif key in driver.conninfo_keys:
+                params = conninfo_params(str(value))
+                for inner, text in params if params is not None else [("", "")]:
+                    if inner in driver.host_keys:
+                        found += [(field, h) for h in split_hosts(text)]
+                    elif params is None or inner in driver.unknown_keys:
+                        found.append((field, UNKNOWN_HOST))
+        if not found:
+            found.append(("url", UNKNOWN_HOST))
         return found
+
+    def _sqlite_path(self) -> str:
+        rest = self.url.split("://", 1)[1].split("?", 1)[0]
+        path = rest[1:] if rest.startswith("/") else rest
+        return os.path.abspath(path) if path else path
 
     @field_validator("workers")
     @classmethod
@@ -170,13 +302,12 @@ class _EngineSpec(Spec[E], Generic[E]):
             return workers
         if workers is None:
             raise ValueError(
-                f"is needed with max_connections={total}: the budget is shared by that many "
+                "is needed with max_connections: the budget is shared by that many "
                 "processes (each gets max_connections // workers)"
             )
         if total < workers:
             raise ValueError(
-                f"cannot share max_connections={total} between {workers} processes: "
-                "each needs at least one connection"
+                "exceeds max_connections: each of the processes needs at least one connection"
             )
         return workers
 
@@ -242,6 +373,10 @@ class _EngineSpec(Spec[E], Generic[E]):
         try:
             url: URL = sa.make_url(self.url)
             dialect = url.get_dialect()
+            if self._asyncio:
+                # What create_async_engine loads: the dialect's asyncio form where it
+                # has one (postgresql+psycopg: psycopg's async dialect), else itself.
+                dialect = dialect.get_async_dialect_cls(url)
         except sa.exc.NoSuchModuleError:  # before ArgumentError, its base class
             raise SpecError.one(
                 label,
@@ -274,8 +409,8 @@ class _EngineSpec(Spec[E], Generic[E]):
                 label,
                 "url",
                 f"{url.drivername} is a synchronous driver; AsyncDatabaseSpec builds an "
-                "AsyncEngine, so use an asyncio driver (postgresql+psycopg_async or "
-                "+asyncpg, sqlite+aiosqlite), or DatabaseSpec for a synchronous Engine",
+                "AsyncEngine, so use an asyncio driver (postgresql+psycopg or +asyncpg, "
+                "sqlite+aiosqlite), or DatabaseSpec for a synchronous Engine",
             )
         if self.password is not None:
             url = url.set(password=self.password.resolve(label, "password"))

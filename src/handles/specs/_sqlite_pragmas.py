@@ -114,7 +114,7 @@ def checked_pragmas(given: Mapping[str, PragmaValue]) -> dict[str, PragmaValue]:
         try:
             merged[name] = None if value is None else check(value)
         except ValueError as exc:
-            raise ValueError(f"{name} {exc} (got {value!r})") from None
+            raise ValueError(f"{name} {exc}") from None  # never the value: see security.md
     return merged
 
 

@@ -30,6 +30,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from handles._optional import require
+from handles._secrets import scrubbed
 from handles._spec import Scope
 from handles.exceptions import BuildError
 from handles.specs._sqlalchemy import _EngineSpec, guard_against_fork
@@ -65,8 +66,11 @@ class AsyncDatabaseSpec(_EngineSpec["AsyncEngine"]):
             raise self._missing_driver(exc) from exc
         guard_against_fork(engine.sync_engine)
         if self.check_connection:
+            # The driver's message never shows the password it was given (scrubbed).
+            secret = {"password": url.password} if self.password and url.password else {}
             try:
-                await self._acheck(engine, sa)
+                with scrubbed({"password": str(self.password)}, secret):
+                    await self._acheck(engine, sa)
             except BaseException:
                 await engine.dispose()  # nothing half-built stays open
                 raise

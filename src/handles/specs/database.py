@@ -50,6 +50,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 from handles._optional import require
+from handles._secrets import scrubbed
 from handles.specs._sqlalchemy import _EngineSpec, guard_against_fork
 
 if TYPE_CHECKING:
@@ -78,8 +79,11 @@ class DatabaseSpec(_EngineSpec["Engine"]):
             raise self._missing_driver(exc) from exc
         guard_against_fork(engine)
         if self.check_connection:
+            # The driver's message never shows the password it was given (scrubbed).
+            secret = {"password": url.password} if self.password and url.password else {}
             try:
-                self._check(engine, sa)
+                with scrubbed({"password": str(self.password)}, secret):
+                    self._check(engine, sa)
             except BaseException:
                 engine.dispose()  # nothing half-built stays open
                 raise

@@ -49,15 +49,17 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from copy import deepcopy
 from datetime import datetime
-from typing import IO, TYPE_CHECKING, Annotated, Any, Literal
+from typing import IO, TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, JsonValue, PositiveInt, ValidationInfo, field_validator
 
+from handles._allow import UNKNOWN_HOST, FromData, allowed, refused
+from handles._allow import Protocol as FsProtocol
 from handles._fields import Identity, Placement
 from handles._keys import canonical
 from handles._optional import require
-from handles._secrets import SecretRef, url_has_password
+from handles._secrets import SecretRef, scrubbed, url_has_password
 from handles._spec import Spec
 from handles._trust import host_problems
 from handles.exceptions import BuildError, HandlesError, MissingDependencyError, SpecError
@@ -111,10 +113,58 @@ _CONTENT_TAGS = ("ETag", "etag", "md5Hash", "crc32c", "checksum")
 _TIME_FIELDS = ("mtime", "LastModified", "last_modified", "updated", "created")
 
 
+# What a FileSpec from data may carry, per protocol (handles._allow): options that name
+# no host, credential, file or code; the options that name the endpoint (checked against
+# HANDLES_ALLOW_HOSTS); the options a secret reference may fill. Other protocols (sftp,
+# ftp, reference, zip, caching layers, ...) only where the worker allows them.
+PROTOCOLS = (
+    FsProtocol(("file", "local"), options=frozenset({"auto_mkdir"}), url_host=False, local=True),
+    FsProtocol(("memory",), url_host=False),
+    FsProtocol(
+        ("s3", "s3a"),
+        options=frozenset(
+            {
+                "anon",
+                "requester_pays",
+                "version_aware",
+                "use_ssl",
+                "client_kwargs.region_name",
+                "config_kwargs.connect_timeout",
+                "config_kwargs.read_timeout",
+                "config_kwargs.retries.max_attempts",
+                "config_kwargs.retries.mode",
+            }
+        ),
+        endpoints={"endpoint_url": "{}", "client_kwargs.endpoint_url": "{}"},
+        secrets=frozenset({"key", "secret", "token"}),
+        default_host="s3.amazonaws.com",
+    ),
+    FsProtocol(
+        ("gcs", "gs"),
+        options=frozenset({"project", "requester_pays", "version_aware", "consistency"}),
+        endpoints={"endpoint_url": "{}"},
+        secrets=frozenset({"token"}),
+        default_host="storage.googleapis.com",
+    ),
+    FsProtocol(
+        ("az", "abfs", "abfss"),
+        options=frozenset({"anon"}),
+        endpoints={"account_name": "{}.blob.core.windows.net", "account_host": "{}"},
+        secrets=frozenset({"account_key", "sas_token"}),
+    ),
+    FsProtocol(
+        ("http", "https"),
+        options=frozenset({"simple_links", "same_scheme", "size_policy", "cache_type"}),
+    ),
+)
+
+
 class FileSpec(Spec["AbstractFileSystem"]):
     """One file anywhere fsspec reaches; `get()` is the filesystem, `open()` the file."""
 
     kind: Literal["file"] = "file"
+    from_data: ClassVar[FromData] = FromData(paths=("url",), protocols=PROTOCOLS)
+    """What a spec from data may carry: the protocols above; local paths by HANDLES_ALLOW_PATHS."""
 
     url: Annotated[str, Identity]
     mode: Annotated[Mode, Identity] = "rb"
@@ -139,8 +189,8 @@ class FileSpec(Spec["AbstractFileSystem"]):
     def _check_mode(cls, mode: Any) -> Any:
         if isinstance(mode, str) and any(c in mode for c in "a+x"):
             raise ValueError(
-                f"mode {mode!r} cannot be written atomically; use 'wb' or 'w' to replace "
-                "the whole file, 'rb' or 'r' to read"
+                "a mode that appends, updates or creates ('a', '+', 'x') cannot be written "
+                "atomically; use 'wb' or 'w' to replace the whole file, 'rb' or 'r' to read"
             )
         return mode
 
@@ -154,7 +204,7 @@ class FileSpec(Spec["AbstractFileSystem"]):
         try:
             return codecs.lookup(encoding).name
         except LookupError:
-            raise ValueError(f"unknown encoding {encoding!r}") from None
+            raise ValueError("unknown encoding: codecs.lookup knows no such name") from None
 
     @field_validator("storage_options")
     @classmethod
@@ -189,10 +239,42 @@ class FileSpec(Spec["AbstractFileSystem"]):
     # -- where the file is -----------------------------------------------------
 
     def _untrusted_problems(self) -> list[tuple[str, str]]:
-        # From JSON, only hosts the worker allows (HANDLES_ALLOW_HOSTS), and
-        # secrets only to hosts it named: see handles._trust.
-        hosts = _hosts(self.url, self.storage_options)
-        return host_problems(hosts, carries_secret=bool(self.secrets))
+        # From JSON: the protocol's declared options and secrets only (PROTOCOLS),
+        # hosts the worker allows (HANDLES_ALLOW_HOSTS), and secrets only to hosts
+        # it named (handles._trust).
+        protocol = self.protocol
+        declared = self.from_data.protocol(protocol)
+        if declared is None:
+            names = [n for p in self.from_data.protocols for n in p.names]
+            if not allowed(self.kind, protocol):
+                return [("url", refused(self.kind, "the protocol", protocol, names))]
+            declared = FsProtocol((protocol,))  # allowed by the worker: options one by one
+        problems = []
+        known = {*declared.options, *declared.endpoints}
+        for dotted, _ in _leaves(self.storage_options):
+            if dotted not in known and not _widened(self.kind, protocol, dotted):
+                name = f"{protocol}.{dotted}"
+                listed = [f"{protocol}.{k}" for k in known]
+                problems.append(
+                    (f"storage_options.{dotted}", refused(self.kind, "the option", name, listed))
+                )
+        for name in self.secrets:
+            if name not in declared.secrets and not _widened(self.kind, protocol, name):
+                listed = [f"{protocol}.{k}" for k in declared.secrets]
+                problems.append(
+                    (
+                        f"secrets.{name}",
+                        refused(self.kind, "a secret in", f"{protocol}.{name}", listed),
+                    )
+                )
+        hosts = _hosts_from_data(self.url, self.storage_options, declared)
+        # A secret put where the endpoint goes hides the host until the worker reads it.
+        hosts += [
+            (f"secrets.{name}", UNKNOWN_HOST)
+            for name in self.secrets
+            if name in declared.endpoints or name.lower() in _ENDPOINT_OPTIONS
+        ]
+        return problems + host_problems(hosts, carries_secret=bool(self.secrets))
 
     @property
     def protocol(self) -> str:
@@ -225,14 +307,21 @@ class FileSpec(Spec["AbstractFileSystem"]):
         }
 
     def build(self) -> AbstractFileSystem:
-        fs = self._filesystem(shared=False)
-        self._probe(fs)
+        fsspec = require("fsspec", "file", kind=type(self).__name__)
+        options = self._filesystem_options()
+        secrets = self._resolved_secrets()
+        # A backend that echoes an option (a path, a protocol name) into its error
+        # would show the secret put there: the message shows the reference instead.
+        with scrubbed(self.secrets, secrets):
+            fs = _open_filesystem(fsspec, self.protocol, options, secrets, shared=False)
+            self._probe(fs)
         return fs
 
     def attached(self, value: AbstractFileSystem) -> None:
         # The filesystem was built for another file: check this one (one metadata
         # call, once per spec instance) as build() checked that one.
-        self._probe(value)
+        with scrubbed(self.secrets, self._resolved_secrets() if self.secrets else {}):
+            self._probe(value)
 
     def teardown(self, value: AbstractFileSystem) -> None:
         # fsspec filesystems have no close(). This instance is ours alone
@@ -405,49 +494,70 @@ def normalize_url(url: str) -> str:
         return _local_path(url)
     scheme = scheme.lower()
     if not _SCHEME.fullmatch(scheme):
-        raise ValueError(f"bad URL scheme {scheme!r}: expected letters, digits, '+', '-' or '.'")
+        raise ValueError("bad URL scheme: expected letters, digits, '+', '-' or '.'")
     if scheme in LOCAL_PROTOCOLS:
         return _local_path(rest)
     if not rest.strip("/"):
-        raise ValueError(f"missing path: {scheme}:// names no file")
+        raise ValueError("missing path: the URL names no file after its scheme")
     if rest.endswith("/"):
         raise ValueError("the URL ends with '/': it names a folder, not a file")
     return f"{scheme}://{rest}"
 
 
-# Protocols that never leave this machine.
-_NO_HOST_PROTOCOLS = LOCAL_PROTOCOLS | {"memory"}
-# Storage options that say where requests go (s3fs, gcsfs, adlfs, sftp, http).
+# Storage options named like an endpoint (s3fs, gcsfs, adlfs, sftp, http): in an option
+# the worker allowed (HANDLES_ALLOW_OPTIONS), they are checked as hosts too.
 _ENDPOINT_OPTIONS = frozenset(
     {"endpoint_url", "endpoint", "host", "hostname", "base_url", "account_url", "proxy", "proxies"}
 )
 
 
-def _hosts(url: str, options: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(field, host) for each host a filesystem for `url` and `options` may reach.
-
-    The URL's host as fsspec reads it (for object stores, the bucket) and every
-    endpoint named in the storage options.
-    """
-    scheme, sep, _ = url.partition("://")
-    found: list[tuple[str, str]] = []
-    if sep and scheme not in _NO_HOST_PROTOCOLS:
-        host = _host_of(url)
-        if host:
-            found.append(("url", host))
-    found += _endpoints(options, "storage_options.", inside=False)
+def _leaves(options: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted name, value) for every option that is not itself a mapping of options."""
+    found: list[tuple[str, Any]] = []
+    for name, value in options.items():
+        dotted = f"{prefix}{name}"
+        if isinstance(value, Mapping) and value:
+            found += _leaves(value, f"{dotted}.")
+        else:
+            found.append((dotted, value))
     return found
 
 
-def _endpoints(options: Mapping[str, Any], prefix: str, *, inside: bool) -> list[tuple[str, str]]:
+def _widened(kind: str, protocol: str, dotted: str) -> bool:
+    # HANDLES_ALLOW_OPTIONS=file:s3.config_kwargs allows everything under it too.
+    parts = dotted.split(".")
+    return any(allowed(kind, f"{protocol}.{'.'.join(parts[:n])}") for n in range(1, len(parts) + 1))
+
+
+def _hosts_from_data(
+    url: str, options: Mapping[str, Any], declared: FsProtocol
+) -> list[tuple[str, str]]:
+    """(field, host) for each host a filesystem for `url` and `options` contacts.
+
+    The URL's host as fsspec reads it (for object stores, the bucket), every
+    declared endpoint option (as a host: `account_name` is the account's host),
+    every option named like an endpoint in a widened option, and the store's
+    default host when no endpoint is given. A host that cannot be read from a
+    URL-like value is UNKNOWN_HOST.
+    """
     found: list[tuple[str, str]] = []
-    for name, value in options.items():
-        where = f"{prefix}{name}"
-        is_endpoint = inside or str(name).lower() in _ENDPOINT_OPTIONS
-        if isinstance(value, Mapping):
-            found += _endpoints(value, f"{where}.", inside=is_endpoint)
-        elif is_endpoint and isinstance(value, str) and value:
-            found.append((where, _host_of(value) or value))
+    if declared.url_host:
+        found.append(("url", _host_of(url) or UNKNOWN_HOST))
+    endpoint_given = False
+    for dotted, value in _leaves(options):
+        template = declared.endpoints.get(dotted)
+        generic = dotted.rpartition(".")[2].lower() in _ENDPOINT_OPTIONS
+        if template is None and not generic:
+            continue
+        where = f"storage_options.{dotted}"
+        if not isinstance(value, str) or not value:
+            found.append((where, UNKNOWN_HOST))
+            continue
+        endpoint_given = True
+        text = (template or "{}").format(value)
+        found.append((where, _host_of(text) or UNKNOWN_HOST))
+    if declared.default_host and not endpoint_given:
+        found.append(("url", declared.default_host))
     return found
 
 

@@ -33,21 +33,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, JsonValue, field_validator
 
+from handles._allow import FromData, allowed, refused
 from handles._fields import Identity, Placement
 from handles._keys import digest
 from handles._optional import require
 from handles._spec import Spec
-from handles._trust import FROM_JSON
+from handles._trust import (
+    ALLOW_PICKLE_WEIGHTS,
+    FROM_JSON,
+    host_problems,
+    pickle_weights_allowed,
+)
 from handles.exceptions import SpecError
 from handles.specs._device import (
     check_device,
@@ -81,12 +89,35 @@ _VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "_commit_hash"
 _BLOB_NAME = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 # pipeline()/from_pretrained() arguments that take a hub token.
 _TOKEN_ARGUMENTS = frozenset({"token", "use_auth_token"})
+# pipeline_kwargs a spec from data may use: how the pipeline runs, never where it loads
+# from (model_kwargs carries use_safetensors=False, proxies, cache_dir, ...).
+_SAFE_PIPELINE_KWARGS = frozenset(
+    {
+        "aggregation_strategy",
+        "batch_size",
+        "function_to_apply",
+        "max_length",
+        "max_new_tokens",
+        "padding",
+        "return_all_scores",
+        "stride",
+        "top_k",
+        "truncation",
+    }
+)
 
 
 class HFPipelineSpec(Spec["Pipeline"]):
     """A `transformers.pipeline(task, model, ...)`; `get()` returns the live Pipeline."""
 
     kind: Literal["hf-pipeline"] = "hf-pipeline"
+    from_data: ClassVar[FromData] = FromData(
+        paths=("model", "tokenizer"),
+        options={"pipeline_kwargs": _SAFE_PIPELINE_KWARGS},
+        loaders="safetensors weights only (use_safetensors=True), never remote code",
+        hosts="the hub (`HF_ENDPOINT`, else huggingface.co) for hub ids, unless HF_HUB_OFFLINE=1",
+    )
+    """What a spec from data may carry: see handles._allow."""
     # 2: local `model` and `tokenizer` directories are stored absolute and normalized
     # (resolved where validated, not in the worker).
     schema_version = 2
@@ -104,6 +135,9 @@ class HFPipelineSpec(Spec["Pipeline"]):
     pipeline_kwargs: Annotated[dict[str, JsonValue], Identity] = Field(default_factory=dict)
     """Further JSON keyword arguments for `transformers.pipeline()`, e.g. {"top_k": 2}."""
     device: Annotated[str, Placement] = "auto"
+    # A permission, not content, like TorchModelSpec's.
+    allow_pickle_weights: Annotated[bool, Placement] = False
+    """Let transformers read pickle checkpoints (pytorch_model.bin); off: safetensors only."""
 
     @field_validator("task", "model")
     @classmethod
@@ -153,17 +187,34 @@ class HFPipelineSpec(Spec["Pipeline"]):
         return kwargs
 
     def _untrusted_problems(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
         # Remote code is Python from the model folder: never from JSON, whatever
         # the worker's settings.
-        if not self.trust_remote_code:
-            return []
-        return [
-            (
-                "trust_remote_code",
-                f"{FROM_JSON} may never run a model's own code; no setting allows it: "
-                "make this spec in the worker's Python code instead",
+        if self.trust_remote_code:
+            problems.append(
+                (
+                    "trust_remote_code",
+                    f"{FROM_JSON} may never run a model's own code; no setting allows it: "
+                    "make this spec in the worker's Python code instead",
+                )
             )
-        ]
+        if self.allow_pickle_weights and not pickle_weights_allowed():
+            problems.append(
+                (
+                    "allow_pickle_weights",
+                    f"{FROM_JSON} may not read pickle checkpoints (pytorch_model.bin): allow "
+                    f"it on the worker with {ALLOW_PICKLE_WEIGHTS}=1, or save with safetensors",
+                )
+            )
+        safe = self.from_data.options["pipeline_kwargs"]
+        for name in sorted(self.pipeline_kwargs):
+            if name not in safe and not allowed(self.kind, name):
+                problems.append(
+                    (f"pipeline_kwargs.{name}", refused(self.kind, "the argument", name, safe))
+                )
+        hub = [("model", self.model), ("tokenizer", self.tokenizer)]
+        hosts = [(f, _hub_host()) for f, v in hub if v is not None and not looks_local(v)]
+        return problems + host_problems([h for h in hosts if h[1]], carries_secret=False)
 
     def fingerprint(self) -> Any:
         """The files behind local `model`/`tokenizer` directories (None for hub ids)."""
@@ -186,6 +237,14 @@ class HFPipelineSpec(Spec["Pipeline"]):
             _check_local(self.tokenizer, label, "tokenizer", need_config=False)
         device = resolve_device(self.device, label)
         dtype = self.dtype if self.dtype == "auto" else to_torch_dtype(self.dtype)
+        kwargs = dict(self.pipeline_kwargs)
+        if not self.allow_pickle_weights:
+            # Tensors only: transformers refuses pytorch_model.bin rather than unpickle it.
+            model_kwargs = kwargs.get("model_kwargs")
+            kwargs["model_kwargs"] = {
+                **(model_kwargs if isinstance(model_kwargs, dict) else {}),
+                "use_safetensors": True,
+            }
         pipe: Pipeline = transformers.pipeline(
             task=self.task,
             model=self.model,
@@ -194,7 +253,7 @@ class HFPipelineSpec(Spec["Pipeline"]):
             dtype=dtype,
             device=device,
             trust_remote_code=self.trust_remote_code,
-            **self.pipeline_kwargs,
+            **kwargs,
         )
         return pipe
 
@@ -207,6 +266,14 @@ class HFPipelineSpec(Spec["Pipeline"]):
         The tokenizer and other processors are not counted (small next to the model).
         """
         return module_nbytes(getattr(value, "model", None))
+
+
+def _hub_host() -> str:
+    """The host a hub id is fetched from here, or "" when the hub is offline."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return ""
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    return urlsplit(endpoint).hostname or endpoint
 
 
 def _nested_items(

@@ -35,10 +35,11 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from handles._allow import FromData
 from handles._fields import Identity, Placement
 from handles._optional import require
 from handles._spec import Spec
@@ -76,6 +77,8 @@ class SpacySpec(Spec["Language"]):
     """A spaCy `Language`, from an installed package (`name=`) or a saved directory (`path=`)."""
 
     kind: Literal["spacy"] = "spacy"
+    from_data: ClassVar[FromData] = FromData(paths=("path",))
+    """From data, `path` is limited by HANDLES_ALLOW_PATHS (see handles._allow)."""
     # 2: `path` is stored absolute and normalized (resolved where validated, not in the worker).
     schema_version = 2
 
@@ -99,14 +102,13 @@ class SpacySpec(Spec["Language"]):
         if value is None:
             return None
         if "/" in value or "\\" in value or value.startswith("."):
-            raise ValueError(
-                f"{value!r} looks like a directory; use path= for a pipeline saved with to_disk"
-            )
+            raise ValueError("looks like a directory; use path= for a pipeline saved with to_disk")
         if not _PACKAGE_NAME.fullmatch(value):
-            hint = value.replace("-", "_")
-            suggestion = f" (did you mean {hint!r}?)" if _PACKAGE_NAME.fullmatch(hint) else ""
+            # A hint, never the value itself (validation errors do not echo input).
+            fixable = _PACKAGE_NAME.fullmatch(value.replace("-", "_"))
+            suggestion = " ('-' must be '_')" if fixable else ""
             raise ValueError(
-                f"{value!r} is not an importable package name{suggestion}; "
+                f"is not an importable package name{suggestion}; "
                 "spaCy pipelines load by their module name, such as 'en_core_web_sm'"
             )
         return value
@@ -144,8 +146,9 @@ class SpacySpec(Spec["Language"]):
         if info.field_name == "exclude":
             both = sorted(set(value) & set(info.data.get("disable", ())))
             if both:
-                names = ", ".join(map(repr, both))
-                raise ValueError(f"{names} also in disable: a component is disabled or excluded")
+                raise ValueError(
+                    f"{len(both)} component(s) also in disable: a component is disabled or excluded"
+                )
         # Order does not matter to spaCy, so it must not move the key.
         return tuple(sorted(set(value)))
 

@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from handles._allow import FromData
 from handles._fields import Identity, Placement
 from handles._optional import require
 from handles._spec import Scope, Spec
@@ -103,6 +104,8 @@ class SqliteSpec(Spec[sqlite3.Connection]):
     """An SQLite database: `get()` is the calling thread's connection."""
 
     kind: Literal["sqlite"] = "sqlite"
+    from_data: ClassVar[FromData] = FromData(paths=("path",))
+    """From data, `path` is limited by HANDLES_ALLOW_PATHS (see handles._allow)."""
     scope: ClassVar[Scope] = "thread"
 
     path: Annotated[str | None, Identity] = None

@@ -54,7 +54,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     Field,
@@ -65,6 +65,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from handles._allow import ALLOW_ARCHIVES, FromData, archives_allowed
 from handles._fields import Identity, Placement
 from handles._optional import require
 from handles._spec import Spec
@@ -135,7 +136,7 @@ def _factory(name: str) -> Callable[..., Any]:
     if fn is None:
         known = ", ".join(sorted(_factories)) or "none"
         raise ValueError(
-            f"no model factory named {name!r}; registered factories: {known} "
+            f"no model factory by that name; registered factories: {known} "
             "(register one with @handles.specs.torch.model_factory(name))"
         )
     return fn
@@ -150,7 +151,7 @@ def _check_kwargs_fit(name: str, kwargs: Mapping[str, Any]) -> None:
     try:
         signature.bind(**kwargs)
     except TypeError as exc:
-        raise ValueError(f"factory {name!r} does not accept these kwargs: {exc}") from None
+        raise ValueError(f"the factory does not accept these kwargs: {exc}") from None
 
 
 # -- the spec -----------------------------------------------------------------
@@ -160,6 +161,12 @@ class TorchModelSpec(Spec["torch.nn.Module"]):
     """A torch model from a registered factory (+ weights) or an archive; `get()` returns it."""
 
     kind: Literal["torch"] = "torch"
+    from_data: ClassVar[FromData] = FromData(
+        paths=("weights", "archive"),
+        loaders="safetensors weights into a registered factory's module; archives and "
+        "pickle checkpoints only by the worker's settings",
+    )
+    """What a spec from data may carry: see handles._allow."""
     # 2: `weights` and `archive` are stored absolute and normalized (resolved where
     # validated, not in the worker).
     schema_version = 2
@@ -236,16 +243,27 @@ class TorchModelSpec(Spec["torch.nn.Module"]):
         return self
 
     def _untrusted_problems(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
         # Even weights_only=True unpickles: from JSON, only where the worker allows it.
-        if not self.allow_pickle_weights or pickle_weights_allowed():
-            return []
-        return [
-            (
-                "allow_pickle_weights",
-                f"{FROM_JSON} may not read torch.save (pickle) checkpoints: allow it on the "
-                f"worker with {ALLOW_PICKLE_WEIGHTS}=1, or save the weights with safetensors",
+        if self.allow_pickle_weights and not pickle_weights_allowed():
+            problems.append(
+                (
+                    "allow_pickle_weights",
+                    f"{FROM_JSON} may not read torch.save (pickle) checkpoints: allow it on the "
+                    f"worker with {ALLOW_PICKLE_WEIGHTS}=1, or save the weights with safetensors",
+                )
             )
-        ]
+        # An archive is a program (TorchScript, an exported graph) for torch's interpreter.
+        if self.archive is not None and not archives_allowed():
+            problems.append(
+                (
+                    "archive",
+                    f"{FROM_JSON} may not load a TorchScript or torch.export archive (a program "
+                    f"torch runs): allow it on the worker with {ALLOW_ARCHIVES}=1, or use a "
+                    "registered factory with safetensors weights",
+                )
+            )
+        return problems
 
     # -- build and close ------------------------------------------------------
 
