@@ -49,7 +49,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from copy import deepcopy
 from datetime import datetime
-from typing import IO, TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import IO, TYPE_CHECKING, Annotated, Any, ClassVar, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import Field, JsonValue, PositiveInt, ValidationInfo, field_validator
@@ -441,6 +441,20 @@ class FileSpec(Spec["AbstractFileSystem"]):
         from fsspec.utils import infer_compression  # noqa: PLC0415  (fsspec)
 
         return infer_compression(self.path)  # type: ignore[no-any-return]
+
+
+class FilesystemName(NamedTuple):
+    """What names a FileSpec's filesystem: one live filesystem per name, per process or loop."""
+
+    protocol: str
+    options: dict[str, Any]
+    """storage_options plus what the URL itself says (an SFTP host and user, say)."""
+    secrets: dict[str, SecretRef]
+
+
+def _shared_filesystem(spec: FileSpec) -> FilesystemName:
+    """The name of `spec`'s filesystem; checks the protocol and codec (SpecError)."""
+    return FilesystemName(spec.protocol, spec._filesystem_options(), dict(spec.secrets))
 
 
 def _resolved(secrets: Mapping[str, SecretRef], label: str) -> dict[str, str]:
