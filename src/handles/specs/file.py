@@ -307,6 +307,18 @@ class FileSpec(Spec["AbstractFileSystem"]):
             raise
         return fs
 
+    async def aget(self) -> AbstractFileSystem:
+        """`get()` for coroutines; on an async filesystem (http, s3), this event loop's own.
+
+        Built on the running loop with asynchronous=True, one per loop and
+        filesystem, closed on that loop: see handles.specs._file_async.
+        """
+        # Imported here, where needed: most FileSpecs never meet an event loop.
+        from handles.specs._file_async import loop_filesystem  # noqa: PLC0415
+
+        fs = await loop_filesystem(self, _shared_filesystem)
+        return fs if fs is not None else await super().aget()
+
     def teardown(self, value: AbstractFileSystem) -> None:
         # The filesystem is shared: its own registry entry closes it. Only this
         # file's cached listing goes.
