@@ -141,6 +141,12 @@ def test_sqlalchemys_host_and_port_form_is_read_as_a_host(monkeypatch):
     monkeypatch.setenv("HANDLES_ALLOW_HOSTS", "db.internal,db2.internal")
     url = "postgresql+psycopg://app@db.internal/db?host=db.internal:5432&host=db2.internal:5433"
     assert handles.spec_from_json({"kind": "database", "url": url}).kind == "database"
+    # libpq's comma-separated lists, each host checked on its own.
+    for url in (
+        "postgresql+psycopg://app@db.internal,db2.internal/db",
+        "postgresql+psycopg://app@db.internal/db?host=db.internal,db2.internal",
+    ):
+        assert handles.spec_from_json({"kind": "database", "url": url}).kind == "database"
 
 
 def test_a_secret_with_no_host_is_refused_even_when_allowed(monkeypatch):

@@ -17,17 +17,13 @@ from support.cases import KindCase, all_cases
 CASES = all_cases()
 
 
-@pytest.fixture(params=CASES, ids=[c.name for c in CASES])
-def case(request: pytest.FixtureRequest) -> KindCase:
+@pytest.fixture(scope="module", params=CASES, ids=[c.name for c in CASES])
+def spec(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Spec[Any]:
+    # One spec per case for the three tests (these checks build nothing that outlives them).
     kind_case: KindCase = request.param
     for module in kind_case.requires:
         pytest.importorskip(module, reason=f"{kind_case.name} needs {module}")
-    return kind_case
-
-
-@pytest.fixture
-def spec(case: KindCase, tmp_path) -> Spec[Any]:
-    return case.make(tmp_path)
+    return kind_case.make(tmp_path_factory.mktemp(kind_case.name))
 
 
 def test_input_in_another_order_is_the_same_spec(spec):

@@ -50,9 +50,13 @@ def check_node_local_path(run_on: RunOn, nodes: dict[str, Path], shared: Path) -
 
 
 def check_secrets_resolve_on_the_worker(
-    run_on: RunOn, endpoint: str, monkeypatch: pytest.MonkeyPatch
+    run_on: RunOn, endpoint: str, monkeypatch: pytest.MonkeyPatch, nodes: dict[str, Path]
 ) -> None:
-    """`env:` secrets are read from the worker's environment: the flow's is not shipped."""
+    """`env:` and `file:` secrets are read on the worker: the flow's environment is not shipped.
+
+    The same S3 object (moto's server stands for object storage) is read from
+    every node, each with the credentials that node holds.
+    """
     s3fs = pytest.importorskip("s3fs")
     bucket = f"handles-{uuid.uuid4().hex[:12]}"
     admin = s3fs.S3FileSystem(key="admin", secret="admin", endpoint_url=endpoint)
@@ -74,3 +78,15 @@ def check_secrets_resolve_on_the_worker(
     assert f"environment variable {S3_KEY_ENV} is not set" in str(error)
     assert "flow-secret" not in repr(on_b) + str(error)
     assert on_a["key"] == on_b["key"] == spec.cache_key()
+
+    # `file:` references, read from each node's own file: /proc/self/cwd is the
+    # worker's working directory, so one path names a different file per node.
+    for node, root in nodes.items():
+        (root / "s3-key").write_text(f"{node}-file-key\n")
+        (root / "s3-secret").write_text(f"{node}-file-secret\n")
+    by_file = spec.replace(
+        secrets={"key": "file:/proc/self/cwd/s3-key", "secret": "file:/proc/self/cwd/s3-secret"}
+    )
+    for node in nodes:
+        read = run_on(node, read_with_key, by_file)
+        assert (read["data"], read["access_key"]) == (b"from object storage", f"{node}-file-key")

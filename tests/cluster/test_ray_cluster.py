@@ -48,9 +48,10 @@ def test_nodes_differ_one_key_and_a_node_local_path_fails_where_missing(
 
 
 def test_secrets_resolve_from_the_workers_environment(
-    run_on: RunOn, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+    ray_cluster: RayCluster, run_on: RunOn, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    check_secrets_resolve_on_the_worker(run_on, moto_endpoint, monkeypatch)
+    roots = {node.name: node.root for node in ray_cluster.nodes}
+    check_secrets_resolve_on_the_worker(run_on, moto_endpoint, monkeypatch, roots)
 
 
 def bound_runner(cluster: RayCluster, *specs: Any) -> Any:

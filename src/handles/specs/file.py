@@ -323,6 +323,18 @@ class FileSpec(Spec["AbstractFileSystem"]):
         with scrubbed(self.secrets, self._resolved_secrets() if self.secrets else {}):
             self._probe(value)
 
+    async def aget(self) -> AbstractFileSystem:
+        """`get()` for coroutines; on an async filesystem (http, s3), this event loop's own.
+
+        Built on the running loop with asynchronous=True, one per loop and
+        filesystem, closed on that loop: see handles.specs._file_async.
+        """
+        # Imported here, where needed: most FileSpecs never meet an event loop.
+        from handles.specs._file_async import loop_filesystem  # noqa: PLC0415
+
+        fs = await loop_filesystem(self, _shared_filesystem)
+        return fs if fs is not None else await super().aget()
+
     def teardown(self, value: AbstractFileSystem) -> None:
         # fsspec filesystems have no close(). This instance is ours alone
         # (skip_instance_cache), so dropping it releases its connections through
