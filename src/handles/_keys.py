@@ -32,6 +32,8 @@ MAX_DEPTH = 64
 MAX_INT_BITS = 1024
 
 _NO_SOURCE: Any = object()
+# A decimal is written in plain digits up to this exponent, beyond in exponent form.
+_PLAIN_DIGITS = 64
 
 
 def canonical(value: Any, source: Any = _NO_SOURCE) -> Any:
@@ -199,7 +201,7 @@ def _decimal(value: Decimal) -> str:
         return "0"
     normal = value.normalize()
     # Plain digits while they stay short; past that, the exponent form ("1E+100").
-    return format(normal, "f") if abs(normal.adjusted()) <= MAX_DEPTH else str(normal)
+    return format(normal, "f") if abs(normal.adjusted()) <= _PLAIN_DIGITS else str(normal)
 
 
 def _zulu(iso: str) -> str:
