@@ -242,3 +242,41 @@ def test_evicting_a_model_leaves_a_held_submodule_working(tmp_path):
     assert part.weight.shape == weight.shape, "a held submodule's weights were emptied"
     assert torch.equal(part.weight, weight)
     part(torch.ones(1, part.in_features))  # still runs
+
+
+# -- what the registry tells observers ------------------------------------------------------
+
+
+def test_listeners_hear_builds_errors_and_evictions_and_stats_count_evictions(tmp_path):
+    reg = handles.registry()
+    heard: list[tuple[str, str]] = []
+    unsubscribe = reg.subscribe(lambda event, kind, key, seconds: heard.append((event, kind)))
+    try:
+        spec = EchoSpec(name="observed")
+        spec.get()
+        spec.get()  # a hit: no event
+        assert reg.evict(spec)
+        broken = EchoSpec(name="broken", fail_if_exists=str(tmp_path))
+        with pytest.raises(BuildError):
+            broken.get()
+        failing = reg.subscribe(lambda *args: 1 / 0)  # never breaks a build
+        spec.get()
+        failing()
+    finally:
+        unsubscribe()
+    assert heard == [
+        ("build", "test-echo"),
+        ("evict", "test-echo"),
+        ("error", "test-echo"),
+        ("build", "test-echo"),
+    ]
+    stats = reg.stats()[EchoSpec(name="observed").cache_key()]
+    assert (stats.builds, stats.hits, stats.evictions) == (2, 1, 1)
+    assert reg.totals().evictions >= 1
+
+
+def test_spec_of_names_the_spec_behind_a_live_object():
+    spec = EchoSpec(name="owned")
+    value = spec.get()
+    assert handles.registry().spec_of(value) == spec
+    assert handles.registry().spec_of(Resource("stranger")) is None

@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -48,6 +48,8 @@ __all__ = ["Registry", "all_registries"]
 
 logger = logging.getLogger("handles")
 T = TypeVar("T")
+Listener = Callable[[str, str, str, float], None]
+"""(event, kind, cache_key, seconds): see `Registry.subscribe`."""
 
 
 class Registry:
@@ -69,6 +71,7 @@ class Registry:
         self._max_entries = max_entries
         self._max_bytes: int | None = None
         self._max_device_bytes: dict[str, int] = {}
+        self._listeners: tuple[Listener, ...] = ()
         _registries.add(self)  # every registry, not only the default one, is fork safe
 
     # -- getting -------------------------------------------------------------
@@ -174,6 +177,7 @@ class Registry:
         """The error a failed build raises (counted; the cause chained)."""
         with self._lock:
             self._ledger.failed(counters)
+        self._notify("error", spec.kind, counters.cache_key, 0.0)
         if isinstance(exc, BuildError | MissingDependencyError) or not isinstance(exc, Exception):
             return exc  # already ours, or KeyboardInterrupt and the like
         return BuildError.for_spec(spec, exc)
@@ -189,6 +193,7 @@ class Registry:
             entry.nbytes = nbytes
             entry.own_refs = refs.baseline(value)
         logger.info("built %s %s in %.3fs", spec.kind, counters.cache_key[:12], seconds)
+        self._notify("build", spec.kind, counters.cache_key, seconds)
         return entry
 
     # -- async ------------------------------------------------------------------
@@ -391,7 +396,7 @@ class Registry:
         )
         for entry in choice.victims:
             logger.info("evicted %s %s", entry.spec.kind, entry.cache_key[:12])
-        self._retire(choice.victims)
+        self._retire(choice.victims, evicted=True)
         if choice.over:
             alone = keep is not None and len(self._process.only.entries) == 1
             logger.warning(
@@ -414,7 +419,7 @@ class Registry:
             entry = None if bucket is None else bucket.entries.get(key)
             if entry is None:
                 return False
-            self._retire([entry])
+            self._retire([entry], evicted=True)
         logger.info("evicted %s %s", entry.spec.kind, entry.cache_key[:12])
         self._close_ready()
         return True
@@ -433,13 +438,22 @@ class Registry:
         self._sweep_loops()
         self._close_ready()
 
-    def _retire(self, entries: list[Entry], *, final: bool = False, schedule: bool = True) -> None:
+    def _retire(
+        self,
+        entries: list[Entry],
+        *,
+        final: bool = False,
+        schedule: bool = True,
+        evicted: bool = False,
+    ) -> None:
         # Lock held. Not live first: from here on no warm path hands the value out.
         for entry in entries:
             entry.ok = entry.live = False
         touched: dict[int, Bucket] = {}
         for entry in entries:
-            self._ledger.retired_entry(entry)
+            self._ledger.retired_entry(entry, evicted=evicted)
+            if evicted:
+                self._notify("evict", entry.spec.kind, entry.cache_key, 0.0)
             entry.final = entry.final or final
             bucket = entry.bucket
             if bucket is None:
@@ -533,6 +547,44 @@ class Registry:
                 self._close_ready()
 
     # -- introspection --------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener(event, kind, cache_key, seconds)` on each build, error and eviction.
+
+        `event` is "build" (with the build's seconds), "error" (a failed build) or
+        "evict" (`evict()` or a bound). Called in the thread where it happened,
+        possibly under the registry's lock: a listener must be quick and must not
+        call the registry (count, record, return). An exception in a listener is
+        logged, never raised. Hits are not events (a warm `get()` stays a counter increment):
+        read them from `stats()`. Returns a function that unsubscribes.
+        """
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+        return unsubscribe
+
+    def _notify(self, event: str, kind: str, cache_key: str, seconds: float) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event, kind, cache_key, seconds)
+            except Exception:
+                logger.exception("a registry listener failed on %s", event)
+
+    def spec_of(self, value: object) -> Spec[Any] | None:
+        """The spec whose live object `value` is, in any bucket of this process; None if none.
+
+        For code that receives a live object where a spec belongs (a task argument):
+        the spec travels instead and the receiver gets its own object.
+        """
+        with self._lock:
+            for entry in self._live_entries():
+                if entry.value is value:
+                    return entry.spec
+        return None
 
     def _all_buckets(self) -> list[Bucket]:
         return [b for store in self._stores.values() for b in store.buckets()]

@@ -38,16 +38,28 @@ class KeyStats:
     """Host memory of the key's live objects, as their kind reports it (0: unknown)."""
     device_nbytes: dict[str, int] = field(default_factory=dict)
     """Accelerator memory of the key's live objects, by device ("cuda:0": bytes)."""
+    evictions: int = 0
+    """Objects of this key retired by `evict()` or a bound (not by `close()` or an ending)."""
 
 
 class Counters:
-    __slots__ = ("build_seconds", "builds", "cache_key", "errors", "kind", "live", "retired_hits")
+    __slots__ = (
+        "build_seconds",
+        "builds",
+        "cache_key",
+        "errors",
+        "evictions",
+        "kind",
+        "live",
+        "retired_hits",
+    )
 
     def __init__(self, kind: str, cache_key: str) -> None:
         self.kind = kind
         self.cache_key = cache_key
         self.builds = 0
         self.errors = 0
+        self.evictions = 0
         self.build_seconds = 0.0
         self.retired_hits = 0
         self.live = 0  # entries of this key the registry holds
@@ -155,8 +167,11 @@ class Ledger:
         self.totals.errors += 1
         self._drop_if_idle(counters)
 
-    def retired_entry(self, entry: Entry) -> None:
+    def retired_entry(self, entry: Entry, *, evicted: bool) -> None:
         counters = entry.counters
+        if evicted:
+            counters.evictions += 1
+            self.totals.evictions += 1
         counters.retired_hits += entry.hits
         self.totals.retired_hits += entry.hits
         entry.hits = entry.seen_hits = 0
@@ -182,7 +197,15 @@ class Ledger:
             for device, size in entry.nbytes.items():
                 sizes[device] = sizes.get(device, 0) + size
         result = {
-            key: KeyStats(c.kind, c.builds, c.retired_hits, c.errors, c.build_seconds, 0)
+            key: KeyStats(
+                c.kind,
+                c.builds,
+                c.retired_hits,
+                c.errors,
+                c.build_seconds,
+                0,
+                evictions=c.evictions,
+            )
             for key, c in self.retired.items()
         }
         for key, c in self.active.items():
@@ -196,10 +219,27 @@ class Ledger:
                 c.live,
                 nbytes=sizes.get("cpu", 0),
                 device_nbytes={d: n for d, n in sizes.items() if d != "cpu"},
+                evictions=c.evictions,
             )
         return result
 
     def total(self, live: list[Entry]) -> KeyStats:
         t = self.totals
         hits = t.retired_hits + sum(e.hits for e in live)
-        return KeyStats("*", t.builds, hits, t.errors, t.build_seconds, len(live))
+        nbytes = sum(e.nbytes.get("cpu", 0) for e in live)
+        devices: dict[str, int] = {}
+        for entry in live:
+            for device, size in entry.nbytes.items():
+                if device != "cpu":
+                    devices[device] = devices.get(device, 0) + size
+        return KeyStats(
+            "*",
+            t.builds,
+            hits,
+            t.errors,
+            t.build_seconds,
+            len(live),
+            nbytes=nbytes,
+            device_nbytes=devices,
+            evictions=t.evictions,
+        )
