@@ -36,11 +36,12 @@ def free_port() -> int:
 def node_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """What a fresh machine's shell would have (PATH, locale), plus `extra`; nothing of the flow's.
 
-    PYTHONPATH stands for the tasks' code being installed on the node.
+    PYTHONPATH stands for the tasks' code and handles being installed on the node.
     """
     kept = ("PATH", "LANG", "LC_ALL", "TMPDIR", "USER", "LOGNAME")
     env = {name: os.environ[name] for name in kept if name in os.environ}
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(TESTS)])
+    # This checkout's handles, as the test process has it (not some other install).
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(TESTS), str(TESTS.parent / "src")])
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
