@@ -295,7 +295,10 @@ class Registry:
         """
         if collected:
             if self._pid == os.getpid():
-                threading.Thread(target=self._sweep_loops, daemon=True).start()
+                try:
+                    threading.Thread(target=self._sweep_loops, daemon=True).start()
+                except RuntimeError:  # interpreter shutdown: atexit's close() sweeps
+                    pass
             return
         with self._lock:
             dead = self._loops.dead()
