@@ -24,6 +24,7 @@ here is the same for all of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -107,7 +108,7 @@ class Registry:
                 if not built:
                     entry.hits += 1
                     if entry.spec is not spec and entry.cache_key != spec.cache_key():
-                        spec.attached(value)  # a shared object (Spec.live_identity)
+                        self._attach(spec, value)  # a shared object (Spec.live_identity)
                 return value, entry
             # Retired between the lookup and now (and maybe torn down): ask again.
 
@@ -134,6 +135,16 @@ class Registry:
         flight.landed(entry)
         self._close_ready()
         return entry, True
+
+    def _attach(self, spec: Spec[Any], value: Any) -> None:
+        """`spec.attached(value)`, failing as a build of `spec` would (counted, wrapped)."""
+        try:
+            spec.attached(value)
+        except BaseException as exc:
+            error = self._build_failed(spec, self._counters(spec), exc)
+            if error is exc:
+                raise
+            raise error from exc
 
     def _install(self, entry: Entry, bucket: Bucket, key: str) -> None:
         with self._lock:
@@ -295,10 +306,9 @@ class Registry:
         """
         if collected:
             if self._pid == os.getpid():
-                try:
+                # At interpreter shutdown no thread starts: atexit's close() sweeps.
+                with contextlib.suppress(RuntimeError):
                     threading.Thread(target=self._sweep_loops, daemon=True).start()
-                except RuntimeError:  # interpreter shutdown: atexit's close() sweeps
-                    pass
             return
         with self._lock:
             dead = self._loops.dead()
