@@ -458,3 +458,30 @@ def test_numeric_hosts_are_read_as_the_resolver_reads_them(parts):
         return
     address = str(found[0][4][0])
     assert canonical_host(text) == canonical_host(address), (text, address)
+
+
+def test_a_secret_put_where_the_endpoint_goes_is_refused(monkeypatch):
+    # Its value, read on the worker, would choose the host: no check could see it.
+    monkeypatch.setenv("HANDLES_ALLOW_OPTIONS", "file:s3.endpoint_url")
+    monkeypatch.setenv("HANDLES_ALLOW_SECRETS", "env:HANDLES_TEST_ENDPOINT")
+    monkeypatch.setenv("HANDLES_ALLOW_HOSTS", "bucket,*.amazonaws.com")
+    doc = {
+        "kind": "file",
+        "url": "s3://bucket/x.csv",
+        "secrets": {"endpoint_url": "env:HANDLES_TEST_ENDPOINT"},
+    }
+    with pytest.raises(SpecError) as info:
+        handles.spec_from_json(doc)
+    assert "names no host" in dict(info.value.problems)["secrets.endpoint_url"]
+
+
+def test_archives_from_json_need_the_worker_setting(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    from support import tiny_models as tm
+
+    doc = {"kind": "torch", "archive": str(tm.save_torchscript(tmp_path / "m.pt"))}
+    with pytest.raises(SpecError) as info:
+        handles.spec_from_json(doc)
+    assert "HANDLES_ALLOW_ARCHIVES=1" in dict(info.value.problems)["archive"]
+    monkeypatch.setenv("HANDLES_ALLOW_ARCHIVES", "1")
+    assert handles.spec_from_json(doc).archive == doc["archive"]

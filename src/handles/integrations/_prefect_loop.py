@@ -137,14 +137,19 @@ class WorkerLoopPool(Executor):
                     thread.join()
 
     def _serve(self) -> None:
-        if self.on_start is not None:
-            self.on_start()
+        local = [spec for spec in self.specs if spec.scope == "thread"]
         with asyncio.Runner() as runner:
             _threads.runner = runner
             runner.get_loop()  # the loop exists from the worker's start
-            local = [spec for spec in self.specs if spec.scope == "thread"]
-            warm(local)
-            runner.run(awarm(spec for spec in self.specs if spec.scope == "loop"))
+            try:
+                # A worker that cannot start its specs still serves: its tasks
+                # retry the builds and raise where they can be seen.
+                if self.on_start is not None:
+                    self.on_start()
+                warm(local)
+                runner.run(awarm(spec for spec in self.specs if spec.scope == "loop"))
+            except Exception:
+                logger.exception("starting a worker thread's specs failed")
             try:
                 while (item := self._work.get()) is not None:
                     self._run(runner, *item)

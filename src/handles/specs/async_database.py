@@ -17,7 +17,8 @@ engine once `aget()` has built it.
 
 Fields, validation, secret references, masking, the connection budget and fork
 handling are shared with DatabaseSpec (see handles.specs._sqlalchemy); the URL
-names an asyncio driver: `postgresql+psycopg_async`, `postgresql+asyncpg`, `sqlite+aiosqlite`.
+names an asyncio driver (`postgresql+asyncpg`, `sqlite+aiosqlite`) or one with an asyncio form
+(`postgresql+psycopg`), exactly as SQLAlchemy's `create_async_engine` takes it.
 The budget counts per loop: `workers` should count event loops, not processes,
 when one process runs several loops at once.
 """
