@@ -280,3 +280,28 @@ def test_spec_of_names_the_spec_behind_a_live_object():
     value = spec.get()
     assert handles.registry().spec_of(value) == spec
     assert handles.registry().spec_of(Resource("stranger")) is None
+
+
+def test_a_teardown_that_echoes_a_secret_never_logs_its_value(monkeypatch, caplog):
+    from handles import Placement, SecretRef
+
+    monkeypatch.setenv("HANDLES_TEST_TEARDOWN_SECRET", "hunter2-teardown")
+
+    class Echoing(Spec[Resource]):
+        kind: Literal["test-echoing-teardown"] = "test-echoing-teardown"
+        name: Annotated[str, Identity]
+        token: Annotated[SecretRef, Placement]
+
+        def build(self) -> Resource:
+            return Resource(self.name)
+
+        def teardown(self, value: Resource) -> None:
+            raise RuntimeError(f"cannot close with token {self.token.resolve()}")
+
+    Echoing(name="x", token="env:HANDLES_TEST_TEARDOWN_SECRET").get()
+    with caplog.at_level("ERROR", logger="handles"):
+        handles.registry().close()
+    logged = caplog.text
+    assert "closing" in logged
+    assert "cannot close with token" in logged
+    assert "hunter2-teardown" not in logged

@@ -6,6 +6,7 @@ on the worker. repr, JSON, pickle and cache keys see only the reference.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -27,6 +28,7 @@ __all__ = [
     "parse_database_url",
     "scrub",
     "scrubbed",
+    "scrubbed_for",
     "split_url_password",
     "url_has_password",
 ]
@@ -260,3 +262,29 @@ def parse_database_url(url: str) -> DatabaseURL | None:
         port=match["port"],
         query=query,
     )
+
+
+def scrubbed_for(fields: Mapping[str, Any]) -> contextlib.AbstractContextManager[None]:
+    """`scrubbed()` for every secret reference among `fields` (a spec's `__dict__`).
+
+    For code that runs a kind's own hooks without knowing its fields (the
+    registry's teardown): a teardown that echoes a secret into its error never
+    logs the value. References that cannot be read now are left out.
+    """
+    refs: dict[str, SecretRef] = {}
+    for name, value in fields.items():
+        if isinstance(value, SecretRef):
+            refs[name] = value
+        elif isinstance(value, Mapping):
+            refs.update(
+                (f"{name}.{key}", item)
+                for key, item in value.items()
+                if isinstance(item, SecretRef)
+            )
+    if not refs:
+        return contextlib.nullcontext()
+    values: dict[str, str] = {}
+    for name, ref in refs.items():
+        with contextlib.suppress(Exception):
+            values[name] = ref.resolve()
+    return scrubbed(refs, values)

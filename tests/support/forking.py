@@ -5,6 +5,6 @@ One implementation with handles.testing's fork check, which third-party kinds us
 
 from __future__ import annotations
 
-from handles.testing import _run_in_fork as run_in_fork
+from handles._contract import run_in_fork
 
 __all__ = ["run_in_fork"]

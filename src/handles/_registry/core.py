@@ -24,7 +24,6 @@ here is the same for all of them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
@@ -34,12 +33,13 @@ from contextlib import contextmanager
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from handles._registry import refs
+from handles._registry import loops, refs
 from handles._registry.buckets import Bucket, ProcessStore, Store, ThreadStore
 from handles._registry.entries import NO_ENTRY, Entry, KeyStats, Ledger
 from handles._registry.flight import Flight
 from handles._registry.loops import LoopBucket, LoopStore
 from handles._registry.policy import Bounds, choose_victims
+from handles._secrets import scrubbed_for
 from handles.exceptions import BuildError, MissingDependencyError
 
 if TYPE_CHECKING:
@@ -262,73 +262,14 @@ class Registry:
             return entry.value
 
     async def _aclose_retired(self, bucket: LoopBucket, *, ending: bool) -> None:
-        """Tear down a loop's retired objects on that loop, one at a time, newest first.
-
-        `ending`: the loop shuts down, so every object goes, used or not. Each
-        object is taken off the retired list only while it is being closed, so a
-        cleanup cut short leaves the rest for the next one.
-        """
-        try:
-            while True:
-                with self._lock:
-                    if ending and bucket.entries:
-                        self._retire(list(bucket.entries.values()), final=True, schedule=False)
-                    ready = [e for e in bucket.retired if ending or not self._busy(e)]
-                    if not ready:
-                        return
-                    entry = max(ready, key=lambda e: e.seq)
-                    bucket.retired.remove(entry)
-                    bucket.closing.append(entry)
-                try:
-                    await entry.spec.ateardown(entry.value)
-                except asyncio.CancelledError:
-                    with self._lock:
-                        bucket.closing.remove(entry)
-                        bucket.retired.append(entry)  # for the keeper or the sweep
-                    raise
-                except Exception:
-                    logger.exception("closing %r failed", entry.spec)
-                with self._lock:
-                    if entry in bucket.closing:
-                        bucket.closing.remove(entry)
-                entry.value = None
-        finally:
-            if not ending:
-                with self._lock:
-                    bucket.cleaning = False
+        await loops.aclose_retired(self, bucket, ending=ending)
 
     def _sweep_loops(self, *, collected: bool = False) -> None:
-        """Tear down, synchronously, the objects of loops closed without a shutdown.
-
-        `collected`: called from the weak reference's callback as the loop is
-        garbage collected, where this thread may be inside the registry already:
-        the work moves to a short-lived thread.
-        """
-        if collected:
-            if self._pid == os.getpid():
-                # At interpreter shutdown no thread starts: atexit's close() sweeps.
-                with contextlib.suppress(RuntimeError):
-                    threading.Thread(target=self._sweep_loops, daemon=True).start()
-            return
-        with self._lock:
-            dead = self._loops.dead()
-        for bucket in dead:
-            self._sweep_bucket(bucket, include_closing=True)
+        """Tear down, synchronously, the objects of loops closed without a shutdown."""
+        loops.sweep(self, collected=collected)
 
     def _sweep_bucket(self, bucket: LoopBucket, *, include_closing: bool = False) -> None:
-        """Synchronous teardown of everything left in a loop's bucket (its loop has ended)."""
-        with self._lock:
-            self._retire(list(bucket.entries.values()), final=True, schedule=False)
-            left = bucket.retired + (bucket.closing if include_closing else [])
-            bucket.retired = []
-            if include_closing:
-                bucket.closing = []
-        if left:
-            logger.info(
-                "an event loop ended without shutting down its objects: closing %d synchronously",
-                len(left),
-            )
-        self._teardown(sorted(left, key=lambda e: e.seq, reverse=True))
+        loops.sweep_bucket(self, bucket, include_closing=include_closing)
 
     # -- bounding and closing -------------------------------------------------
 
@@ -515,7 +456,8 @@ class Registry:
     def _teardown(self, entries: list[Entry]) -> None:
         for entry in entries:
             try:
-                entry.spec.teardown(entry.value)
+                with scrubbed_for(entry.spec.__dict__):  # the log never shows a secret
+                    entry.spec.teardown(entry.value)
             except Exception:
                 logger.exception("closing %r failed", entry.spec)
             finally:

@@ -25,11 +25,15 @@ can end in three ways, and each tears down every object of the loop once:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
 from handles._registry.buckets import Bucket, Store
+from handles._secrets import scrubbed_for
 
 if TYPE_CHECKING:
     from handles._registry.core import Registry
@@ -172,6 +176,79 @@ class LoopStore(Store):
         kept: list[Any] = list(self.by_loop.values())
         self.by_loop = {}
         return kept
+
+
+async def aclose_retired(reg: Registry, bucket: LoopBucket, *, ending: bool) -> None:
+    """Tear down a loop's retired objects on that loop, one at a time, newest first.
+
+    `ending`: the loop shuts down, so every object goes, used or not. Each
+    object is taken off the retired list only while it is being closed, so a
+    cleanup cut short leaves the rest for the next one.
+    """
+    try:
+        while True:
+            with reg._lock:
+                if ending and bucket.entries:
+                    reg._retire(list(bucket.entries.values()), final=True, schedule=False)
+                ready = [e for e in bucket.retired if ending or not reg._busy(e)]
+                if not ready:
+                    return
+                entry = max(ready, key=lambda e: e.seq)
+                bucket.retired.remove(entry)
+                bucket.closing.append(entry)
+            try:
+                with scrubbed_for(entry.spec.__dict__):  # the log never shows a secret
+                    await entry.spec.ateardown(entry.value)
+            except asyncio.CancelledError:
+                with reg._lock:
+                    bucket.closing.remove(entry)
+                    bucket.retired.append(entry)  # for the keeper or the sweep
+                raise
+            except Exception:
+                logger.exception("closing %r failed", entry.spec)
+            with reg._lock:
+                if entry in bucket.closing:
+                    bucket.closing.remove(entry)
+            entry.value = None
+    finally:
+        if not ending:
+            with reg._lock:
+                bucket.cleaning = False
+
+
+def sweep(reg: Registry, *, collected: bool = False) -> None:
+    """Tear down, synchronously, the objects of loops closed without a shutdown.
+
+    `collected`: called from the weak reference's callback as the loop is
+    garbage collected, where this thread may be inside the registry already:
+    the work moves to a short-lived thread.
+    """
+    if collected:
+        if reg._pid == os.getpid():
+            # At interpreter shutdown no thread starts: atexit's close() sweeps.
+            with contextlib.suppress(RuntimeError):
+                threading.Thread(target=reg._sweep_loops, daemon=True).start()
+        return
+    with reg._lock:
+        dead = reg._loops.dead()
+    for bucket in dead:
+        sweep_bucket(reg, bucket, include_closing=True)
+
+
+def sweep_bucket(reg: Registry, bucket: LoopBucket, *, include_closing: bool = False) -> None:
+    """Synchronous teardown of everything left in a loop's bucket (its loop has ended)."""
+    with reg._lock:
+        reg._retire(list(bucket.entries.values()), final=True, schedule=False)
+        left = bucket.retired + (bucket.closing if include_closing else [])
+        bucket.retired = []
+        if include_closing:
+            bucket.closing = []
+    if left:
+        logger.info(
+            "an event loop ended without shutting down its objects: closing %d synchronously",
+            len(left),
+        )
+    reg._teardown(sorted(left, key=lambda e: e.seq, reverse=True))
 
 
 def _start_cleanup(reg: Registry, bucket: LoopBucket) -> None:
