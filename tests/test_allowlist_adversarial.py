@@ -537,6 +537,7 @@ MODEL_SETTINGS = {
 }
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_no_torch_spec_from_json_runs_code(evil_files):
     pytest.importorskip("torch")
     import support.tiny_models  # noqa: F401  (registers tiny-mlp)

@@ -120,6 +120,9 @@ def test_no_validation_error_echoes_a_value(name):
         if field == "kind":
             continue
         values = [*VALUES, *TRUSTED_ONLY]
+        if "dict[" not in str(cls.model_fields[field].annotation):
+            # Every mapping is refused by type alone here: one is enough.
+            values = [v for v in values if not isinstance(v, dict)] + [{"x": S}]
         for value in values:
             data = {**BASE[name], field: value}
             attempts = [("python", lambda d=data: cls(**d))]

@@ -277,7 +277,9 @@ def test_bind_to_workers_refuses_what_it_cannot_bind(tmp_path):
     runner = ThreadPoolTaskRunner()
     with pytest.raises(TypeError, match="takes specs"):
         bind_to_workers(runner, "not a spec")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="loop-scoped"):
-        bind_to_workers(runner, LoopSpec(folder=str(tmp_path), name="l"))
+    # Loop-scoped ones are taken: bound pools give each worker its event loop
+    # (tests/prefect/test_prefect_async_loop.py).
+    looped = LoopSpec(folder=str(tmp_path), name="l")
+    assert bind_to_workers(runner, looped).specs == (looped,)
     with pytest.raises(TypeError, match="got OwnRunner"):
         bind_to_workers(OwnRunner(), MarkerSpec(folder=str(tmp_path), name="m"))
