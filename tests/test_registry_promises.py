@@ -16,7 +16,7 @@ import pytest
 import handles
 from handles import BuildError, Identity, MissingDependencyError, Scope, Spec
 from handles._registry import refs
-from support.kinds import EchoSpec, Resource
+from support.kinds import CLOSED, EchoSpec, Resource
 
 
 @pytest.fixture
@@ -305,3 +305,51 @@ def test_a_teardown_that_echoes_a_secret_never_logs_its_value(monkeypatch, caplo
     assert "closing" in logged
     assert "cannot close with token" in logged
     assert "hunter2-teardown" not in logged
+
+
+# -- forks and threads ------------------------------------------------------------------------
+
+
+def _child_gets(spec: EchoSpec) -> tuple[int, bool]:
+    import os
+
+    value = spec.get()  # the same spec instance: its getter remembers the parent's entry
+    return value.pid, value.pid == os.getpid()
+
+
+def test_a_forked_child_builds_its_own_object_even_through_a_remembered_entry():
+    from support.forking import run_in_fork
+
+    spec = EchoSpec(name="forked")
+    parent = spec.get()
+    child_pid, own = run_in_fork(_child_gets, spec)
+    assert own, f"the child got its parent's object (built in {child_pid})"
+    assert not parent.closed
+
+
+def test_a_threads_retired_object_is_closed_by_that_thread_at_its_next_call():
+    from support.kinds import ThreadEchoSpec
+
+    reg = handles.registry()
+    built = threading.Event()
+    closed_in_main = threading.Event()
+    called_again = threading.Event()
+    seen: dict[str, bool] = {}
+
+    def worker() -> None:
+        ThreadEchoSpec(name="owned-by-worker").get()
+        built.set()
+        closed_in_main.wait(30)
+        seen["closed before its next call"] = "owned-by-worker" in CLOSED
+        ThreadEchoSpec(name="another").get()  # the thread's next call into the registry
+        seen["closed at its next call"] = "owned-by-worker" in CLOSED
+        called_again.set()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    built.wait(30)
+    reg.close()  # from another thread: retires the worker's object, never closes it here
+    closed_in_main.set()
+    called_again.wait(30)
+    thread.join()
+    assert seen == {"closed before its next call": False, "closed at its next call": True}
