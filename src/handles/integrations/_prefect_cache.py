@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from prefect.cache_policies import RUN_ID, TASK_SOURCE, CachePolicy, Inputs
 
 from handles._spec import Spec
+from handles.integrations._forgive import AsLive
 
 if TYPE_CHECKING:
     from prefect.context import TaskRunContext
@@ -56,6 +57,8 @@ class SpecInputs(CachePolicy):
 
 def _keyed(value: Any) -> Any:
     """`value` with every spec replaced by its cache key; untouched when it holds none."""
+    if isinstance(value, AsLive):  # a live object sent as its spec (preflight): the spec's key
+        value = value.spec
     if isinstance(value, Spec):
         return {SPEC_MARKER: value.cache_key()}
     # Only exact builtin containers: rebuilding a subclass would change how

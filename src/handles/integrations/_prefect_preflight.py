@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -20,7 +21,9 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import unmapped
 
+from handles.integrations._forgive import AsLive, can_resolve, lent_spec, resolving
 from handles.integrations._prefect_cache import SpecInputs
 from handles.integrations.preflight import Finding, Pickler, PreflightError, check_value
 
@@ -39,6 +42,7 @@ def preflight(
     mode: Mode = "raise",
     fallback: Any = None,
     pickler: Pickler = "cloudpickle",
+    forgive: bool = True,
 ) -> Any:
     """Check a task's arguments before each call, submit, map or delay.
 
@@ -58,6 +62,12 @@ def preflight(
     mode: "raise" (PreflightError listing every problem), "warn" (log and go
         on), "skip" (log and return None), "fallback" (log and make the same
         call on `fallback`, a task or a plain function).
+    forgive: in every mode, an argument that would be reported and is a live
+        object this process's registry built (`db.get()` passed where `db`
+        belongs) is sent as its spec instead, and the task receives its
+        worker's own object (`spec.get()` where it runs); logged once per call
+        site. Top-level arguments and mapped items only; other objects are
+        reported as before. False: report them too.
     """
     if mode not in MODES:
         raise ValueError(f"preflight mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -65,7 +75,7 @@ def preflight(
         raise ValueError('preflight takes fallback= exactly when mode="fallback"')
 
     def wrap(task: Any) -> PreflightTask:
-        return PreflightTask(task, mode=mode, fallback=fallback, pickler=pickler)
+        return PreflightTask(task, mode=mode, fallback=fallback, pickler=pickler, forgive=forgive)
 
     return wrap(task) if task is not None else wrap
 
@@ -76,7 +86,9 @@ class PreflightTask:
     Serve or deploy `.task`, the wrapped task, where Prefect needs the task itself.
     """
 
-    def __init__(self, task: Any, *, mode: Mode, fallback: Any, pickler: Pickler) -> None:
+    def __init__(
+        self, task: Any, *, mode: Mode, fallback: Any, pickler: Pickler, forgive: bool = True
+    ) -> None:
         if not isinstance(task, Task):
             raise TypeError(
                 f"preflight wraps a Prefect task (put it above @task), got {type(task).__name__}"
@@ -85,7 +97,14 @@ class PreflightTask:
         self.mode = mode
         self.fallback = fallback
         self.pickler = pickler
+        self.forgive = forgive and can_resolve(task.fn)
         functools.update_wrapper(self, task.fn)
+        if self.forgive:
+            # The task itself receives the live objects, wherever it runs: a task
+            # worker serving `.task` too. Same signature, name and source: Prefect
+            # keys, names and binds it as before. Only AsLive arguments change.
+            task.fn = resolving(task.fn)
+        self._told: set[tuple[str, int]] = set()  # call sites already told of forgiveness
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names this wrapper lacks. While unpickling, `task`
@@ -135,6 +154,9 @@ class PreflightTask:
             args = tuple(_listed(value) for value in args)
             kwargs = {name: _listed(value) for name, value in kwargs.items()}
         findings = self.check(args, kwargs, how)
+        if findings and self.forgive:
+            args, kwargs = self._forgiven(args, kwargs, how, findings)
+            findings = self.check(args, kwargs, how)
         if findings:
             error = PreflightError(f"task {self.task.name!r}", findings)
             if self.mode == "raise":
@@ -146,6 +168,45 @@ class PreflightTask:
                 target = getattr(self.fallback, how, None) if how != "__call__" else None
                 return (target or self.fallback)(*args, **kwargs)
         return getattr(self.task, how)(*args, **kwargs)
+
+    def _forgiven(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], how: str, findings: list[Finding]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The call with each reported live object the registry built replaced by AsLive."""
+        told: list[str] = []
+
+        def mend(value: Any, path: str) -> Any:
+            if not any(_under(f.path, path) for f in findings):
+                return value
+            if how == "map" and isinstance(value, list):
+                return [mend(item, f"{path}[{i}]") for i, item in enumerate(value)]
+            if how == "map" and isinstance(value, unmapped):
+                inner = mend(value.value, f"{path}.value")
+                return value if inner is value.value else unmapped(inner)
+            spec = lent_spec(value)
+            if spec is None:
+                return value
+            told.append(f"{path}: {type(value).__name__} is the live object of {spec!r}")
+            return AsLive(spec)
+
+        args = tuple(mend(value, f"args[{i}]") for i, value in enumerate(args))
+        kwargs = {name: mend(value, f"kwargs[{name!r}]") for name, value in kwargs.items()}
+        caller = sys._getframe(3)  # _forgiven <- _run <- submit/map/... <- the caller
+        site = (caller.f_code.co_filename, caller.f_lineno)
+        if told and site not in self._told:
+            self._told.add(site)
+            _warn(
+                f"task {self.task.name!r} was given live objects: "
+                + "; ".join(told)
+                + ". Sent as their specs: the task receives its worker's own objects "
+                "(pass the specs to silence this)"
+            )
+        return args, kwargs
+
+
+def _under(found: str, path: str) -> bool:
+    """Is the finding at `found` inside the argument at `path`?"""
+    return found == path or found.startswith((f"{path}.", f"{path}["))
 
 
 def _listed(value: Any) -> Any:

@@ -32,6 +32,7 @@ from handles._kinds import BUILTIN
 from handles._optional import require
 from handles._spec import Spec
 from handles.exceptions import PreflightError
+from handles.integrations._forgive import AsLive
 
 __all__ = ["Finding", "PreflightError", "check_inputs", "check_value"]
 
@@ -310,8 +311,9 @@ def _prefect_hashes(obj: Any) -> bool:
 
 
 def _trivially_fine(obj: Any, ignore: tuple[type, ...]) -> bool:
-    # Specs are built to pickle and hash; plain data always does.
-    return obj is None or isinstance(obj, (str, bytes, int, float, bool, Spec, *ignore))
+    # Specs are built to pickle and hash (AsLive is a spec sent for its live object);
+    # plain data always does.
+    return obj is None or isinstance(obj, (str, bytes, int, float, bool, Spec, AsLive, *ignore))
 
 
 def _children(obj: Any, path: str) -> Iterator[tuple[str, Any]]:
