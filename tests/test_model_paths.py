@@ -199,10 +199,12 @@ def test_a_process_started_elsewhere_rebuilds_the_same_key(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     modules = ["support.tiny_models"] if case.name == "torch-weights" else []
+    # The worker reads the spec as JSON: an archive is a program, so it allows them.
+    env = {**subprocess_env, "HANDLES_ALLOW_ARCHIVES": "1"}
     out = subprocess.run(
         [sys.executable, "-c", _REBUILD, spec.model_dump_json(), *modules],
         cwd=elsewhere,
-        env=subprocess_env,
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,

@@ -125,6 +125,44 @@ def test_a_loop_closed_bluntly_has_its_objects_torn_down_at_the_next_call_and_is
     assert gone() is None, "the registry (or its keeper) kept a closed loop alive"
 
 
+class Detached:
+    """An async client that keeps no reference to its loop (some do)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class DetachedSpec(Spec[Detached]):
+    kind: Literal["test-loop-detached"] = "test-loop-detached"
+    scope: ClassVar[Scope] = "loop"
+    name: Annotated[str, Identity]
+
+    async def abuild(self) -> Detached:
+        return Detached(self.name)
+
+    def teardown(self, value: Detached) -> None:
+        with LOCK:
+            TORN_DOWN[value.name] += 1
+            HOW[value.name] = "sync"
+        SWEPT.set()
+
+
+SWEPT = threading.Event()
+
+
+def test_a_bluntly_closed_loop_nobody_holds_is_collected_and_swept_without_a_registry_call():
+    SWEPT.clear()
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(DetachedSpec(name="detached").aget())
+    loop.close()
+    gone = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert gone() is None, "the registry (or its keeper) kept a closed loop alive"
+    assert SWEPT.wait(30), "collecting the loop did not tear its objects down"
+    assert TORN_DOWN["detached"] == 1
+
+
 def test_use_holds_a_loop_object_until_the_block_ends():
     async def main() -> list[int]:
         spec = ClientSpec(name="leased")

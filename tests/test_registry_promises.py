@@ -191,17 +191,28 @@ def test_the_conservative_rule_keeps_retired_objects_until_close(monkeypatch):
     monkeypatch.setattr(refs, "EXACT", False)
     reg = handles.registry()
     spec = EchoSpec(name="conservative")
-    value = spec.get()
-    ident = id(value)
-    del value  # nobody holds it, but the rule cannot tell
+    spec.get()  # nobody holds it, but the rule cannot tell
     assert reg.evict(spec)
-    closed_now = [r for r in _closed_resources() if id(r) == ident]
-    assert closed_now == [], "the conservative rule tore down on evict()"
+    reg.close()  # retires nothing more: the evicted object is no longer the registry's
+    assert "conservative" not in CLOSED, "the conservative rule tore down on evict()"
     with EchoSpec(name="leased").use() as leased:
         reg.close()
         assert not leased.closed, "close() tore down an object inside a use() block"
     assert leased.closed  # the block ended after close(): torn down then
     assert EchoSpec(name="conservative").get() is not None
+
+
+def test_a_cold_lookup_closes_a_retired_object_its_holder_has_let_go():
+    reg = handles.registry()
+    held_spec, other = EchoSpec(name="held-then-free"), EchoSpec(name="other")
+    held = held_spec.get()
+    other.get()
+    reg.close()  # held_spec's object is in use: retired, not torn down
+    other.get()  # built again
+    assert "held-then-free" not in CLOSED
+    del held  # its holder lets go
+    EchoSpec(name="other").get()  # a new instance's first call: a lookup, no build
+    assert "held-then-free" in CLOSED, "the next call into the registry closes it"
 
 
 def _closed_resources() -> list[Resource]:

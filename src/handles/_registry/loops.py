@@ -63,7 +63,7 @@ class LoopBucket(Bucket):
         super().__init__()
         self.loop = weakref.ref(loop, on_collected)
         self.keeper: Any = None  # held here only where the loop takes no attributes
-        self.started: asyncio.Future[None] | None = None  # the keeper has started
+        self.started: asyncio.Future[None] | None = None  # set while the keeper starts
         self.closing: list[Entry] = []  # being torn down by a coroutine right now
         self.cleaning = False  # a cleanup task is scheduled or running
         self.ended = False  # the keeper has finished, or the loop is gone
@@ -123,10 +123,10 @@ class LoopStore(Store):
             except AttributeError:  # a loop without instance attributes (uvloop)
                 bucket.keeper = keeper
             await keeper.__anext__()  # started here, so the loop's shutdown closes it
-            assert bucket.started is not None
-            bucket.started.set_result(None)
-        else:
-            assert bucket.started is not None
+            started, bucket.started = bucket.started, None  # a future holds its loop
+            assert started is not None
+            started.set_result(None)
+        elif bucket.started is not None:  # another coroutine is starting the keeper
             await asyncio.shield(bucket.started)
         return bucket
 
