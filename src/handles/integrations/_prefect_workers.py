@@ -13,6 +13,11 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 from handles._spec import Spec
 from handles.integrations._prefect_logs import route_registry_logs
 from handles.integrations._prefect_loop import WorkerLoopPool, adopt_pool, start_process_loop
+from handles.integrations._prefect_stats import (
+    flow_run_and_settings,
+    publish_at_worker_end,
+    publish_stats,
+)
 from handles.integrations._prefect_version import PROCESS_POOL_INITIALIZER, require_prefect
 from handles.integrations._warm import checked, release, warm
 
@@ -105,6 +110,7 @@ class BoundThreadPoolTaskRunner(ThreadPoolTaskRunner[Any]):
     specs: tuple[Spec[Any], ...] = ()
     _pool: WorkerLoopPool | None = None
     _warned = False
+    _flow_run: Any = None
 
     def bound_to(self, specs: tuple[Spec[Any], ...]) -> BoundThreadPoolTaskRunner:
         self.specs = specs
@@ -125,9 +131,12 @@ class BoundThreadPoolTaskRunner(ThreadPoolTaskRunner[Any]):
             super().__exit__(*exc_info)  # waits for the pool's threads to close their loops
         finally:
             self._pool = None
+            _publish_here(self._flow_run)  # the threads share this process's registry: one table
             release(self._shared())
 
     def submit(self, task: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._flow_run is None:  # the run the registry table is published on, at exit
+            self._flow_run = flow_run_and_settings()[0]
         future = super().submit(task, *args, **kwargs)
         pool = self._pool
         shared = pool is None or pool.last_submit_shared()
@@ -174,6 +183,12 @@ class _ProcessWorkerLife:
         self.specs = specs
         self.initializer = initializer
         self.initargs = tuple(initargs)
+        self.flow_run: tuple[Any, dict[str, str]] = (None, {})
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled as the pool spawns each worker, inside the flow run: the run
+        # (and API) the worker's registry table is published on when it exits.
+        return {**self.__dict__, "flow_run": flow_run_and_settings()}
 
     def __call__(self) -> None:
         if self.initializer is not None:
@@ -185,8 +200,18 @@ class _ProcessWorkerLife:
         # thread-scoped objects close here too. Registered after handles' own
         # handler, so it runs first.
         atexit.register(release, others)
+        atexit.register(publish_at_worker_end, *self.flow_run)  # runs before release
         # Registered last, so it runs first: the loop's objects go on the loop.
         start_process_loop(self.specs)
+
+
+def _publish_here(flow_run_id: Any) -> None:
+    if flow_run_id is None:
+        return  # no task ran in a flow run: no run to attach the table to
+    try:
+        publish_stats(flow_run_id=flow_run_id)
+    except Exception:  # a stopping runner must not fail on its report
+        logger.warning("publishing the registry stats failed", exc_info=True)
 
 
 def _unlooped(specs: tuple[Spec[Any], ...]) -> tuple[Spec[Any], ...]:

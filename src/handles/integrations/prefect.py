@@ -19,6 +19,8 @@
   build chosen specs as they start and close them as they stop.
 - `warm_up`: a worker initializer that builds chosen specs before the first task.
 - `route_registry_logs`: the registry's build and eviction lines in the run logs.
+- `publish_stats`: this process's registry as a table artifact of the current
+  run; bound runners publish one per worker as they stop.
 - `preflight`: checks a task's arguments before submission (see `.preflight`).
 - `AnySpec`: a flow parameter type taking any kind of spec, or its JSON as a
   deployment sends it.
@@ -43,6 +45,7 @@ from handles.integrations._prefect_cache import (  # noqa: E402
 from handles.integrations._prefect_logs import route_registry_logs  # noqa: E402
 from handles.integrations._prefect_params import AnySpec  # noqa: E402
 from handles.integrations._prefect_preflight import PreflightTask, preflight  # noqa: E402
+from handles.integrations._prefect_stats import publish_stats  # noqa: E402
 from handles.integrations._prefect_workers import (  # noqa: E402
     BoundThreadPoolTaskRunner,
     bind_to_workers,
@@ -62,6 +65,7 @@ __all__ = [
     "bind_to_workers",
     "check_inputs",
     "preflight",
+    "publish_stats",
     "route_registry_logs",
     "warm_up",
 ]
