@@ -202,3 +202,26 @@ def test_engines_the_registry_did_not_build_are_left_alone(reader, tmp_path):
 def test_import_handles_does_not_import_opentelemetry(run_python):
     out = run_python("import sys, handles; print('opentelemetry' in sys.modules)")
     assert out == "False"
+
+
+def test_an_async_database_pool_is_measured_under_its_spec(reader, tmp_path):
+    import asyncio
+
+    from handles import AsyncDatabaseSpec
+
+    pytest.importorskip("aiosqlite")
+    spec = AsyncDatabaseSpec(url=f"sqlite+aiosqlite:///{(tmp_path / 'a.db').as_posix()}")
+    pool = {"db.client.connection.pool.name": f"async-database:{spec.cache_key()[:12]}"}
+
+    async def use() -> int:
+        engine = await spec.aget()
+        async with engine.connect() as conn:  # the engine is found here
+            await conn.execute(text("select 1"))
+        async with engine.connect() as conn:
+            await conn.execute(text("select 1"))
+            found = points(reader)
+            used = {"db.client.connection.state": "used"}
+            return int(value_for(found, "db.client.connection.count", **pool, **used).value)
+
+    assert asyncio.run(use()) == 1
+    assert value_for(points(reader), "db.client.connection.use_time", **pool).count >= 1
