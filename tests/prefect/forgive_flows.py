@@ -76,3 +76,10 @@ def unforgiven(path: str) -> str:
     finally:
         conn.close()
     return "let through"
+
+
+def serve_read_row() -> None:
+    """Entry point of a task worker serving the preflight task itself (`.task`)."""
+    from prefect.task_worker import serve
+
+    serve(read_row.task)

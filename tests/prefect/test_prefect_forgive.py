@@ -7,6 +7,8 @@ import os
 
 import pytest
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+from test_prefect_engines import ray_address  # noqa: F401  (a fixture: the Ray cluster)
+from test_prefect_task_worker import loopback_server  # noqa: F401  (a fixture: a real server)
 
 import handles
 from handles import DatabaseSpec, SqliteSpec
@@ -107,3 +109,84 @@ def test_forgive_false_refuses_as_before(tmp_path):
         return "let through"
 
     assert "sqlite3 connection" in passes_live()
+
+
+@pytest.mark.load
+@pytest.mark.parametrize("engine", ["dask", "ray"])
+def test_a_live_object_arrives_as_the_workers_own_on_clusters(engine, request, tmp_path):
+    from test_prefect_engines import runner_for
+
+    out, path, url, lines = run(runner_for(engine, request), tmp_path)
+    conn_key = SqliteSpec(path=path).cache_key()
+    engine_key = DatabaseSpec(url=url).cache_key()
+    for row in out["rows"]:
+        assert (row["type"], row["key"], row["value"]) == ("Connection", conn_key, 10)
+    for n, row in zip((2, 3), out["engines"], strict=True):
+        assert (row["type"], row["key"], row["value"]) == ("Engine", engine_key, n + 1)
+    assert all(row["pid"] != os.getpid() for row in out["rows"] + out["engines"])
+    assert out["states"] == ["Completed", "Cached"]
+    assert len(told(lines)) == 2, told(lines)
+
+
+DELAY_CLIENT = """
+import json, os, sys
+from handles import SqliteSpec
+from spec_flows import result_of
+from forgive_flows import read_row
+conn = SqliteSpec(path=sys.argv[1]).get()
+future = read_row.delay(conn, 1)  # the live connection, forgiven
+print(json.dumps({"client": os.getpid(), "row": result_of(future)}))
+"""
+
+
+@pytest.mark.load
+def test_delay_forgives_and_the_task_worker_gets_its_own(request, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from test_prefect_task_worker import start, stop
+
+    env = request.getfixturevalue("loopback_server")
+    log = tmp_path / "worker.log"
+    serve = "import forgive_flows; forgive_flows.serve_read_row()"
+    worker = start([sys.executable, "-c", serve], env, log)
+    path = str(tmp_path / "delay.db")
+    try:
+        client = subprocess.run(
+            [sys.executable, "-c", DELAY_CLIENT, path],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        stop(worker)
+    assert client.returncode == 0, (client.stderr[-4000:], log.read_text(errors="replace")[-4000:])
+    out = json.loads(client.stdout.strip().splitlines()[-1])
+    row = out["row"]
+    assert (row["type"], row["key"], row["value"]) == (
+        "Connection",
+        SqliteSpec(path=path).cache_key(),
+        10,
+    )
+    assert row["pid"] != out["client"]
+
+
+def test_wrapped_tasks_keep_distinct_keys_that_their_copies_share(tmp_path):
+    from prefect import task
+
+    from handles.integrations.prefect import preflight
+
+    def make(where: str):
+        space: dict[str, object] = {}
+        exec(compile("def count(conn):\n    return 1\n", where, "exec"), space)
+        return preflight(task(space["count"]))
+
+    first, second = make("one.py"), make("two.py")
+    # Same name, different functions: different keys, as Prefect gives unwrapped tasks.
+    assert first.task.task_key != second.task.task_key
+    # A copy (what a task worker serves) has the key of the task it copies.
+    assert first.with_options(persist_result=True).task_key == first.task.task_key
+    assert first.task.fn(AsLive(SqliteSpec(path=str(tmp_path / "k.db")))) == 1

@@ -12,6 +12,7 @@ loop-scoped kinds). Objects the registry did not build are never touched.
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,8 +68,7 @@ def resolving(fn: Callable[..., Any]) -> Callable[..., Any]:
             kwargs = {name: await _aresolved(v) for name, v in kwargs.items()}
             return await fn(*args, **kwargs)
 
-        setattr(resolve_async, WRAPPED_MARK, True)
-        return resolve_async
+        return _marked(resolve_async, fn)
 
     @functools.wraps(fn)
     def resolve(*args: Any, **kwargs: Any) -> Any:
@@ -76,8 +76,26 @@ def resolving(fn: Callable[..., Any]) -> Callable[..., Any]:
         kwargs = {name: _resolved(v) for name, v in kwargs.items()}
         return fn(*args, **kwargs)
 
-    setattr(resolve, WRAPPED_MARK, True)
-    return resolve
+    return _marked(resolve, fn)
+
+
+def _marked(wrapper: Callable[..., Any], fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`wrapper` with a code object of its own, naming `fn`.
+
+    Prefect keys a task by its function's name and a hash of its code object;
+    every wrapper shares one code object, so two wrapped functions of one name
+    would share a key (and a task worker serving both would mix them up). One
+    unused constant naming `fn` (module, name, file and line, bytecode) keeps the
+    keys apart, the same in every process; the wrapper runs as before.
+    """
+    code = wrapper.__code__
+    original = getattr(fn, "__code__", None)
+    where = f"{original.co_filename}:{original.co_firstlineno}" if original is not None else ""
+    digest = hashlib.sha256(original.co_code if original is not None else b"").hexdigest()
+    tag = f"handles-resolves:{fn.__module__}.{fn.__qualname__}:{where}:{digest[:16]}"
+    wrapper.__code__ = code.replace(co_consts=(*code.co_consts, tag))
+    setattr(wrapper, WRAPPED_MARK, True)
+    return wrapper
 
 
 def _resolved(value: Any) -> Any:

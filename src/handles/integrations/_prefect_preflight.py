@@ -104,6 +104,9 @@ class PreflightTask:
             # worker serving `.task` too. Same signature, name and source: Prefect
             # keys, names and binds it as before. Only AsLive arguments change.
             task.fn = resolving(task.fn)
+            # Prefect keys a task by its function's code: copies (with_options, a
+            # task worker's served task) are keyed by the wrapper's, so this one is too.
+            task.task_key = task.with_options().task_key
         self._told: set[tuple[str, int]] = set()  # call sites already told of forgiveness
 
     def __getattr__(self, name: str) -> Any:
@@ -178,8 +181,8 @@ class PreflightTask:
         def mend(value: Any, path: str) -> Any:
             if not any(_under(f.path, path) for f in findings):
                 return value
-            if how == "map" and isinstance(value, list):
-                return [mend(item, f"{path}[{i}]") for i, item in enumerate(value)]
+            if how == "map" and type(value) in (list, tuple):
+                return type(value)(mend(item, f"{path}[{i}]") for i, item in enumerate(value))
             if how == "map" and isinstance(value, unmapped):
                 inner = mend(value.value, f"{path}.value")
                 return value if inner is value.value else unmapped(inner)
