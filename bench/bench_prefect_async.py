@@ -12,6 +12,10 @@ the spec's engine (`await db.aget()`):
     processes          ProcessPoolTaskRunner(2)
     processes, bound   bind_to_workers(ProcessPoolTaskRunner(2), db)
 
+and, counted once (`--cluster-tasks`, 20 by default; 0 skips them), a bound DaskTaskRunner
+(a LocalCluster of 2 worker processes) and a bound RayTaskRunner (a local Ray with 2 CPUs),
+whose runners give every async task run a loop of its own.
+
 Counted in every run: engines built (registry stats, in the flow's process for threads
 and summed over worker processes for processes), distinct server connections (each
 task reads its session's pid and start time from pg_stat_activity), and the sessions
@@ -68,11 +72,20 @@ def runner_for(variant: str, db: Any) -> Any:
     from handles.integrations.prefect import bind_to_workers
 
     kind = variant.split(",", maxsplit=1)[0]
-    runner: Any = (
-        ThreadPoolTaskRunner(max_workers=WORKERS[kind])
-        if kind == "threads"
-        else ProcessPoolTaskRunner(max_workers=WORKERS[kind])
-    )
+    runner: Any
+    if kind == "threads":
+        runner = ThreadPoolTaskRunner(max_workers=WORKERS[kind])
+    elif kind == "processes":
+        runner = ProcessPoolTaskRunner(max_workers=WORKERS[kind])
+    elif kind == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        cluster = {"n_workers": 2, "processes": True, "threads_per_worker": 2}
+        runner = DaskTaskRunner(cluster_kwargs=cluster)
+    else:
+        from prefect_ray import RayTaskRunner
+
+        runner = RayTaskRunner(init_kwargs={"num_cpus": 2, "include_dashboard": False})
     return bind_to_workers(runner, db) if variant.endswith("bound") else runner
 
 
@@ -152,7 +165,7 @@ def the_spec() -> Any:
     return AsyncDatabaseSpec(url=tagged.render_as_string(hide_password=False), pool_size=POOL_SIZE)
 
 
-def measure(tasks: int, rounds: int) -> dict[str, Any]:
+def measure(tasks: int, rounds: int, cluster_tasks: int) -> dict[str, Any]:
     global TASK
     from prefect import task
 
@@ -165,6 +178,11 @@ def measure(tasks: int, rounds: int) -> dict[str, Any]:
             for variant in VARIANTS if round_ % 2 == 0 else list(reversed(VARIANTS)):
                 runs[variant].append(run_variant(variant, db, tasks))
                 print(f"round {round_ + 1} {variant:17} {runs[variant][-1]}", flush=True)
+        # Dask and Ray, bound, once: counts only (their runners make a loop per task run).
+        clusters = {}
+        for variant in ("dask, bound", "ray, bound") if cluster_tasks else ():
+            clusters[variant] = run_variant(variant, db, cluster_tasks)
+            print(f"{variant:17} {clusters[variant]}", flush=True)
 
     ratios, spreads, counts = {}, {}, {}
     for kind in WORKERS:
@@ -179,6 +197,10 @@ def measure(tasks: int, rounds: int) -> dict[str, Any]:
         counts[f"{variant}: engines built (most in a round)"] = max(r["engines"] for r in rows)
         counts[f"{variant}: distinct connections (most)"] = max(r["connections"] for r in rows)
         counts[f"{variant}: sessions left after the flow (most)"] = max(r["left"] for r in rows)
+    for variant, row in clusters.items():
+        counts[f"{variant}: engines built ({cluster_tasks} task runs)"] = row["engines"]
+        counts[f"{variant}: distinct connections"] = row["connections"]
+        counts[f"{variant}: sessions left after the flow"] = row["left"]
     goals = {}
     met = {}
     for kind, workers in WORKERS.items():
@@ -194,7 +216,8 @@ def measure(tasks: int, rounds: int) -> dict[str, Any]:
     }
     return {
         "title": f"Prefect: {tasks} async task runs on one AsyncDatabaseSpec (pool_size 2)",
-        "command": f"python bench/bench_prefect_async.py --tasks {tasks} --rounds {rounds}",
+        "command": f"python bench/bench_prefect_async.py --tasks {tasks} --rounds {rounds} "
+        f"--cluster-tasks {cluster_tasks}",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
         "tasks": tasks,
@@ -228,11 +251,17 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--tasks", type=int, default=100, help="async task runs per flow")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument(
+        "--cluster-tasks",
+        type=int,
+        default=20,
+        help="async task runs on a bound Dask and Ray runner, counted once (0: skip them)",
+    )
     parser.add_argument("--quick", action="store_true", help="12 tasks, 1 round: checks it runs")
     args = parser.parse_args()
     if args.quick:
-        args.tasks, args.rounds = 12, 1
-    results = measure(args.tasks, args.rounds)
+        args.tasks, args.rounds, args.cluster_tasks = 12, 1, 4
+    results = measure(args.tasks, args.rounds, args.cluster_tasks)
     if args.quick:
         results["mode"] = "quick (--quick): a check that the script runs, not a measurement"
     report(results)
