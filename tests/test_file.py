@@ -520,3 +520,16 @@ def test_failed_builds_raise_build_error_and_cache_nothing(tmp_path: Path) -> No
     (tmp_path / "missing.bin").write_bytes(b"now here")
     with spec.open() as f:
         assert f.read() == b"now here"
+
+
+def test_a_missing_file_fails_its_own_get_on_a_filesystem_already_built(tmp_path: Path) -> None:
+    present = tmp_path / "present.bin"
+    present.write_bytes(b"here")
+    fs = FileSpec(url=str(present)).get()  # builds the folder's one filesystem
+    missing = FileSpec(url=str(tmp_path / "missing.bin"))
+    for _attempt in range(2):  # checked on the shared filesystem, and never cached
+        with pytest.raises(BuildError, match="no such file"):
+            missing.get()
+    assert FileSpec(url=str(present)).get() is fs
+    stats = handles.registry().stats()[missing.cache_key()]
+    assert (stats.builds, stats.errors) == (0, 2)
