@@ -102,7 +102,7 @@ class PreflightTask:
         if self.forgive:
             # The task itself receives the live objects, wherever it runs: a task
             # worker serving `.task` too. Same signature, name and source: Prefect
-            # keys, names and binds it as before. Only AsLive arguments change.
+            # binds, names and hashes it as before. Only AsLive arguments change.
             task.fn = resolving(task.fn)
             # Prefect keys a task by its function's code: copies (with_options, a
             # task worker's served task) are keyed by the wrapper's, so this one is too.
