@@ -32,9 +32,17 @@ PREFECT_DEFAULTS = {
 
 
 # The oldest Prefect that pyproject.toml allows, and what it needs beside it: 3.8.0
-# brought ProcessPoolTaskRunner's worker initializer (bind_to_workers), and its API
-# server fails at import on fastapi>=0.155. `nox -s prefect-floor` tests it.
-PREFECT_FLOOR = {"prefect": "3.8.0", "fastapi": "0.154.0"}
+# brought ProcessPoolTaskRunner's worker initializer (bind_to_workers); its API server
+# fails at import on fastapi>=0.155, and it caps packaging below 26.3 (so ray's
+# virtualenv must be older than 21.14.6) and python-slugify below 9.
+# `nox -s prefect-floor` tests it.
+PREFECT_FLOOR = {
+    "prefect": "3.8.0",
+    "fastapi": "0.154.0",
+    "packaging": "26.2",
+    "python-slugify": "8.0.4",
+    "virtualenv": "21.14.5",
+}
 # Every extra but torch and hf for the other Pythons: the local CPU torch wheel is for
 # 3.11 only, and elsewhere torch would download several GB of CUDA builds. The torch
 # and Hugging Face tests skip there, saying torch is missing.
