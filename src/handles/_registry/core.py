@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from handles._registry import loops, refs
 from handles._registry.buckets import Bucket, ProcessStore, Store, ThreadStore
@@ -114,22 +114,15 @@ class Registry:
 
     def _build_once(self, spec: Spec[Any], key: str, bucket: Bucket) -> tuple[Entry | None, bool]:
         """(entry, whether this call built it); entry None: the build was abandoned."""
-        with self._lock:
-            entry = bucket.entries.get(key)
-            if entry is not None:
-                return entry, False
-            flight = bucket.pending.get(key)
-            owner = flight is None
-            if flight is None:
-                flight = bucket.pending[key] = Flight()
+        entry, flight, owner = self._lead_or_follow(bucket, key)
+        if entry is not None:
+            return entry, False
         if not owner:
             return flight.wait(spec), False
         try:
             entry = self._build(spec, key)
         except BaseException as exc:
-            with self._lock:
-                bucket.pending.pop(key, None)
-            flight.crashed(spec, exc)
+            self._abandon(bucket, key, flight, spec, exc)
             raise
         self._install(entry, bucket, key)
         flight.landed(entry)
@@ -141,10 +134,25 @@ class Registry:
         try:
             spec.attached(value)
         except BaseException as exc:
-            error = self._build_failed(spec, self._counters(spec), exc)
-            if error is exc:
-                raise
-            raise error from exc
+            self._reraise(spec, self._counters(spec), exc)
+
+    def _lead_or_follow(self, bucket: Bucket, key: str) -> tuple[Entry | None, Flight, bool]:
+        """(the entry if built, else the build in flight, and whether this caller builds it)."""
+        with self._lock:
+            entry = bucket.entries.get(key)
+            flight = bucket.pending.get(key)
+            if entry is not None or flight is not None:
+                return entry, flight or _NO_FLIGHT, False
+            flight = bucket.pending[key] = Flight()
+            return None, flight, True
+
+    def _abandon(
+        self, bucket: Bucket, key: str, flight: Flight, spec: Spec[Any], exc: BaseException
+    ) -> None:
+        """The build failed: nothing cached, and every waiter learns why."""
+        with self._lock:
+            bucket.pending.pop(key, None)
+        flight.crashed(spec, exc)
 
     def _install(self, entry: Entry, bucket: Bucket, key: str) -> None:
         with self._lock:
@@ -161,10 +169,7 @@ class Registry:
         try:
             value = spec.build()
         except BaseException as exc:
-            error = self._build_failed(spec, counters, exc)
-            if error is exc:
-                raise
-            raise error from exc
+            self._reraise(spec, counters, exc)
         return self._new_entry(spec, value, key, counters, perf_counter() - started)
 
     async def _abuild(self, spec: Spec[Any], key: str) -> Entry:
@@ -173,16 +178,20 @@ class Registry:
         try:
             value = await spec.abuild()
         except BaseException as exc:
-            error = self._build_failed(spec, counters, exc)
-            if error is exc:
-                raise
-            raise error from exc
+            self._reraise(spec, counters, exc)
         return self._new_entry(spec, value, key, counters, perf_counter() - started)
 
     def _counters(self, spec: Spec[Any]) -> Any:
         cache_key = spec.cache_key()
         with self._lock:
             return self._ledger.counters_for(spec, cache_key)
+
+    def _reraise(self, spec: Spec[Any], counters: Any, exc: BaseException) -> NoReturn:
+        """Raise what a failed build raises: `exc` if ours, else a BuildError from it."""
+        error = self._build_failed(spec, counters, exc)
+        if error is exc:
+            raise exc
+        raise error from exc
 
     def _build_failed(self, spec: Spec[Any], counters: Any, exc: BaseException) -> BaseException:
         """The error a failed build raises (counted; the cause chained)."""
@@ -240,22 +249,16 @@ class Registry:
                     entry.hits += 1
                     return value
                 continue
-            with self._lock:
-                if key in bucket.entries:
-                    continue
-                flight = bucket.pending.get(key)
-                owner = flight is None
-                if flight is None:
-                    flight = bucket.pending[key] = Flight()
+            built, flight, owner = self._lead_or_follow(bucket, key)
+            if built is not None:
+                continue
             if not owner:
                 await flight.await_(spec)  # single-flight among this loop's coroutines
                 continue
             try:
                 entry = await self._abuild(spec, key)
             except BaseException as exc:
-                with self._lock:
-                    bucket.pending.pop(key, None)
-                flight.crashed(spec, exc)
+                self._abandon(bucket, key, flight, spec, exc)
                 raise
             self._install(entry, bucket, key)
             flight.landed(entry)
@@ -629,6 +632,9 @@ _registries: weakref.WeakSet[Registry] = weakref.WeakSet()
 
 def all_registries() -> list[Registry]:
     return list(_registries)
+
+
+_NO_FLIGHT = Flight()  # what _lead_or_follow gives with an entry: never waited on
 
 
 def _measure(spec: Spec[Any], value: Any) -> dict[str, int]:
