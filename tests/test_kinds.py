@@ -281,7 +281,9 @@ def test_a_built_in_kind_name_always_means_the_built_in(before, run_python):
 
 def test_deep_nesting_is_a_spec_error_not_a_recursion_error():
     deep = '{"kind": "sqlite", "path": ' + "[" * 5000 + "]" * 5000 + "}"
-    with pytest.raises(SpecError, match="nested too deeply"):
+    # Python 3.11 and 3.12's json parser gives up first ("nested too deeply"); 3.13's
+    # reads it, and the key check refuses it ("nested more than 64 levels deep").
+    with pytest.raises(SpecError, match="nested (too deeply|more than)"):
         handles.spec_from_json(deep)
     nested: object = []
     for _ in range(5000):
