@@ -78,19 +78,12 @@ async def loop_filesystem(
 
 async def _probe(spec: Any, fs: AsyncFileSystem) -> None:
     # FileSpec._probe, awaited: one metadata call on this loop's filesystem.
-    label = LABEL
-    try:
+    with spec._probing():
         if spec.mode not in READ_MODES:
             await fs._exists(spec.path)
             return
         info = await fs._info(spec.path)
-    except FileNotFoundError:
-        raise SpecError.one(label, "url", f"no such file: {spec.url}") from None
-    except Exception as exc:
-        detail = f"{type(exc).__name__}: {exc}"
-        raise SpecError.one(label, "url", f"cannot check {spec.url}: {detail}") from exc
-    if info.get("type") == "directory":
-        raise SpecError.one(label, "url", f"{spec.url} is a directory, not a file")
+    spec._refuse_directory(info)
 
 
 class _LoopFileSystem(Spec["AsyncFileSystem"]):

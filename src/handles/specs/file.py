@@ -413,19 +413,29 @@ class FileSpec(Spec["AbstractFileSystem"]):
     def _probe(self, fs: AbstractFileSystem) -> None:
         # One metadata call, so an unreachable store or a missing input fails
         # here, at first get(), rather than halfway through a task.
-        label = type(self).__name__
-        try:
+        with self._probing():
             if self.mode not in READ_MODES:
                 fs.exists(self.path)
                 return
             info = fs.info(self.path)
+        self._refuse_directory(info)
+
+    @contextmanager
+    def _probing(self) -> Iterator[None]:
+        """The probe's errors as SpecErrors naming the url (also for the async probe)."""
+        label = type(self).__name__
+        try:
+            yield
         except FileNotFoundError:
             raise SpecError.one(label, "url", f"no such file: {self.url}") from None
         except Exception as exc:
             detail = f"{type(exc).__name__}: {exc}"
             raise SpecError.one(label, "url", f"cannot check {self.url}: {detail}") from exc
+
+    def _refuse_directory(self, info: Mapping[str, Any]) -> None:
         if info.get("type") == "directory":
-            raise SpecError.one(label, "url", f"{self.url} is a directory, not a file")
+            message = f"{self.url} is a directory, not a file"
+            raise SpecError.one(type(self).__name__, "url", message)
 
     @contextmanager
     def _layers(self, raw: IO[bytes]) -> Iterator[IO[Any]]:
