@@ -255,12 +255,17 @@ def db_probe(
     assert leaks == [], placements
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+def probes(examples: int) -> Any:
+    """Hypothesis settings for a probe test: repeatable, no deadline, fixtures reused."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+
+
+@probes(EXAMPLES)
 @given(
     setting=st.sampled_from(sorted(SETTINGS)),
     with_secret=st.booleans(),
@@ -283,12 +288,7 @@ def test_no_database_spec_from_json_sends_a_secret_or_connects_where_not_allowed
 COMBINED = st.lists(st.sampled_from(sorted(DB_PLACEMENTS)), min_size=2, max_size=4, unique=True)
 
 
-@settings(
-    max_examples=EXAMPLES // 2,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@probes(EXAMPLES // 2)
 @given(
     setting=st.sampled_from(sorted(SETTINGS)),
     with_secret=st.booleans(),
@@ -405,12 +405,7 @@ def file_probe(
     assert leaks == [], placement
 
 
-@settings(
-    max_examples=EXAMPLES // 10,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@probes(EXAMPLES // 10)
 @given(
     setting=st.sampled_from(sorted(SETTINGS)),
     with_secret=st.booleans(),
@@ -602,12 +597,7 @@ def test_no_hf_spec_from_json_unpickles_or_runs_remote_code(tmp_path):
 
 
 @pytest.mark.load
-@settings(
-    max_examples=LOAD_EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@probes(LOAD_EXAMPLES)
 @given(
     setting=st.sampled_from(sorted(SETTINGS)),
     with_secret=st.booleans(),
@@ -626,12 +616,7 @@ def test_many_more_database_probes(pg_pair, tmp_path, *, setting, with_secret, p
 
 
 @pytest.mark.load
-@settings(
-    max_examples=LOAD_EXAMPLES // 6,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@probes(LOAD_EXAMPLES // 6)
 @given(
     setting=st.sampled_from(sorted(SETTINGS)),
     with_secret=st.booleans(),
@@ -645,12 +630,7 @@ def test_many_more_file_probes(web_pair, *, setting, with_secret, placement, spe
 
 
 @pytest.mark.load
-@settings(
-    max_examples=LOAD_EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@probes(LOAD_EXAMPLES)
 @given(
     setting=st.sampled_from(sorted(SETTINGS)),
     with_secret=st.booleans(),
